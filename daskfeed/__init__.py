@@ -1,0 +1,49 @@
+"""Train Keras and TensorFlow models on chunked arrays larger than RAM: shuffled batches from zarr and dask."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from daskfeed.errors import (
+    ChunkReadError,
+    DaskfeedError,
+    InputError,
+    InputTypeError,
+    MemoryBudgetError,
+    StoreError,
+)
+from daskfeed.inputs import open_zarr
+from daskfeed.loader import DEFAULT_MEMORY_BUDGET, Loader, parse_bytes
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "DEFAULT_MEMORY_BUDGET",
+    "ChunkReadError",
+    "DaskfeedError",
+    "InputError",
+    "InputTypeError",
+    "Loader",
+    "MemoryBudgetError",
+    "StoreError",
+    "__version__",
+    "as_dataset",
+    "as_sequence",
+    "open_zarr",
+    "parse_bytes",
+]
+
+# The front-ends import Keras / TensorFlow; load them on first use so `import daskfeed` stays cheap.
+_LAZY = {"as_sequence": "daskfeed.keras", "as_dataset": "daskfeed.tf"}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'daskfeed' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

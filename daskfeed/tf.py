@@ -1,0 +1,92 @@
+"""as_dataset: the tf.data front-end (importing this module imports TensorFlow)."""
+
+from __future__ import annotations
+
+import itertools
+from typing import Any
+
+import tensorflow as tf
+
+from daskfeed.loader import DEFAULT_MEMORY_BUDGET, Loader
+
+__all__ = ["as_dataset"]
+
+#: Samples per block handed to tf.data: cutting large blocks with ``rebatch`` runs in C++ (DESIGN.md).
+BLOCK_SAMPLES = 8192
+#: ...but no block larger than this.
+BLOCK_BYTES = 32 * 2**20
+
+
+def as_dataset(
+    x: Any,
+    y: Any = None,
+    sample_weight: Any = None,
+    *,
+    batch_size: int = 32,
+    shuffle: bool = True,
+    seed: int | None = None,
+    drop_remainder: bool = False,
+    memory_budget: int | str = DEFAULT_MEMORY_BUDGET,
+    reads_per_chunk: int | str = "auto",
+    scheduler: Any = None,
+    shard: tuple[int, int] | None = None,
+) -> tf.data.Dataset:
+    """Serve shuffled batches of chunked arrays as a ``tf.data.Dataset``; each iteration is the next epoch.
+
+    The parameters are those of :func:`daskfeed.as_sequence` less the three Keras ones; for one seed both
+    front-ends give the same batches. The dataset's ``element_spec`` is complete (the batch dimension is
+    ``None`` unless ``drop_remainder``) and its cardinality is the number of batches per epoch.
+
+    Returns
+    -------
+    tf.data.Dataset
+        Elements ``x``, ``(x, y)`` or ``(x, y, sample_weight)``, dicts kept as dicts.
+
+    Notes
+    -----
+    Batches are made in blocks of about 8,192 samples (at most 32 MiB) that tf.data cuts with ``rebatch``;
+    those blocks, and tf.data's own prefetch of two batches, come on top of ``memory_budget``.
+
+    Examples
+    --------
+    >>> import numpy as np, daskfeed
+    >>> x, y = np.random.rand(100, 4).astype("f4"), np.arange(100) % 2
+    >>> ds = daskfeed.as_dataset(x, y, batch_size=32, seed=0)
+    >>> int(ds.cardinality()), ds.element_spec[0]
+    (4, TensorSpec(shape=(None, 4), dtype=tf.float32, name=None))
+    """
+    loader = Loader(
+        x,
+        y,
+        sample_weight,
+        batch_size=batch_size,
+        shuffle=shuffle,
+        seed=seed,
+        drop_remainder=drop_remainder,
+        memory_budget=memory_budget,
+        reads_per_chunk=reads_per_chunk,
+        scheduler=scheduler,
+        shard=shard,
+    )
+    return dataset_from_loader(loader)
+
+
+def dataset_from_loader(loader: Loader) -> tf.data.Dataset:
+    """The ``tf.data.Dataset`` of a :class:`daskfeed.Loader`, starting at its current epoch."""
+    batch = loader.batch_size
+    drop = loader.config.drop_remainder
+    signature = loader.inputs.pack(
+        [tf.TensorSpec((None, *leaf.sample_shape), tf.as_dtype(leaf.dtype)) for leaf in loader.inputs.leaves]
+    )
+    per_block = max(1, min(BLOCK_SAMPLES // batch, BLOCK_BYTES // max(1, batch * loader.inputs.bytes_per_sample)))
+    epochs = itertools.count(loader.epoch)
+
+    def generate():
+        epoch = next(epochs)
+        loader.epoch = epoch
+        yield from loader.blocks(epoch, per_block)
+
+    ds = tf.data.Dataset.from_generator(generate, output_signature=signature)
+    ds = ds.rebatch(batch, drop_remainder=drop)
+    ds = ds.apply(tf.data.experimental.assert_cardinality(len(loader)))
+    return ds.prefetch(2)
