@@ -92,7 +92,14 @@ class _State:
         self.tick = 0
         self.closed = False
         self.sources: list[BlockSource | None] | None = None
-        self.stats = {"windows_computed": 0, "batches": 0, "samples": 0, "wait_s": 0.0, "compute_s": 0.0}
+        self.stats = {
+            "windows_computed": 0,
+            "batches": 0,
+            "samples": 0,
+            "wait_s": 0.0,
+            "compute_s": 0.0,
+            "peak_window_bytes": 0,
+        }
 
 
 def _shutdown(state: _State) -> None:
@@ -223,7 +230,8 @@ class Loader:
 
     @property
     def stats(self) -> dict[str, float]:
-        """Counters since creation: windows computed, batches and samples served, seconds waited and computed."""
+        """Counters since creation: windows computed, batches and samples served, seconds the consumer waited
+        and the windows took to compute, and the most bytes of windows held at once (``peak_window_bytes``)."""
         state = self._state_obj
         return dict(state.stats) if state is not None else dict(_State().stats)
 
@@ -334,8 +342,8 @@ class Loader:
         windows = plan.windows_of(start, stop)
         entries = self._acquire(plan, windows)
         try:
+            state = self._state()
             for w, entry in zip(windows, entries):
-                state = self._state()
                 waited = time.perf_counter()
                 window: Window = entry.future.result()
                 state.stats["wait_s"] += time.perf_counter() - waited
@@ -353,10 +361,7 @@ class Loader:
         except BaseException:
             self._release(plan, windows, entries, None)
             raise
-        self._release(plan, windows, entries, index)
-        state = self._state()
-        state.stats["batches"] += 1
-        state.stats["samples"] += stop - start
+        self._release(plan, windows, entries, index, stop - start)
 
     def _acquire(self, plan: EpochPlan, windows: range) -> list[_Entry]:
         """Pin the windows a batch needs, starting the missing ones; wait for free slots, never hold-and-wait."""
@@ -407,6 +412,12 @@ class Loader:
         with state.cond:
             state.stats["windows_computed"] += 1
             state.stats["compute_s"] += result.seconds
+            held = result.nbytes + sum(
+                e.future.result().nbytes
+                for e in state.entries.values()
+                if e.future.done() and not e.future.cancelled() and e.future.exception() is None
+            )
+            state.stats["peak_window_bytes"] = max(state.stats["peak_window_bytes"], held)
         return result
 
     def _make_room(self, state: _State, needed: int, keep: set) -> None:
@@ -422,9 +433,14 @@ class Loader:
         for _, _, key in sorted(candidates)[: needed - free]:
             del state.entries[key]
 
-    def _release(self, plan: EpochPlan, windows: range, entries: list[_Entry], index: int | None) -> None:
+    def _release(
+        self, plan: EpochPlan, windows: range, entries: list[_Entry], index: int | None, samples: int = 0
+    ) -> None:
         state = self._state()
         with state.cond:
+            if index is not None:
+                state.stats["batches"] += 1
+                state.stats["samples"] += samples
             for w, entry in zip(windows, entries):
                 entry.pins -= 1
                 if entry.future.done() and entry.future.exception() is not None:

@@ -1,0 +1,66 @@
+"""On a label-sorted store with a 10% memory budget, the default trains as well as a full in-RAM shuffle."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from conftest import sorted_blobs, write_store
+
+import daskfeed
+
+keras = pytest.importorskip("keras")
+
+
+def make_model():
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential(
+        [
+            keras.Input((32,)),
+            keras.layers.Dense(64),
+            keras.layers.BatchNormalization(),
+            keras.layers.Activation("relu"),
+            keras.layers.Dense(10, activation="softmax"),
+        ]
+    )
+    model.compile(keras.optimizers.Adam(1e-3), "sparse_categorical_crossentropy", metrics=["accuracy"])
+    return model
+
+
+@pytest.fixture(scope="module")
+def sorted_store(tmp_path_factory):
+    x, y = sorted_blobs(16_000, seed=0)  # 40 chunks of 400 samples, every chunk one or two labels
+    path = write_store(tmp_path_factory.mktemp("acc") / "sorted.zarr", {"x": x, "y": y}, {"x": 400, "y": 400})
+    test = sorted_blobs(4_000, seed=1)
+    return daskfeed.open_zarr(path), (x, y), test, (x.nbytes + y.nbytes) // 10
+
+
+@pytest.fixture(scope="module")
+def full_shuffle_accuracy(sorted_store):
+    _, (x, y), (xt, yt), _ = sorted_store
+    model = make_model()
+    model.fit(x, y, batch_size=64, epochs=2, shuffle=True, verbose=0)
+    return model.evaluate(xt, yt, verbose=0)[1]
+
+
+def fit_accuracy(make_input, sorted_store, **kwargs):
+    arrays, _, (xt, yt), budget = sorted_store
+    model = make_model()
+    data = make_input(arrays["x"], arrays["y"], batch_size=64, seed=0, memory_budget=budget, **kwargs)
+    if isinstance(data, keras.utils.PyDataset):
+        model.fit(data, epochs=2, shuffle=False, verbose=0)
+    else:
+        model.fit(data, epochs=2, verbose=0)
+    return model.evaluate(xt, yt, verbose=0)[1]
+
+
+@pytest.mark.parametrize("door", ["as_sequence", "as_dataset"])
+def test_default_reads_per_chunk_matches_a_full_shuffle(sorted_store, full_shuffle_accuracy, door):
+    accuracy = fit_accuracy(getattr(daskfeed, door), sorted_store)
+    assert full_shuffle_accuracy > 0.75
+    assert accuracy >= full_shuffle_accuracy - 0.03, (accuracy, full_shuffle_accuracy)
+
+
+def test_the_store_is_hard_plain_chunk_windows_fall_short(sorted_store, full_shuffle_accuracy):
+    """Without reading chunks in parts, windows of one chunk or two cannot mix a sorted store."""
+    accuracy = fit_accuracy(daskfeed.as_sequence, sorted_store, reads_per_chunk=1)
+    assert accuracy < full_shuffle_accuracy - 0.2, (accuracy, full_shuffle_accuracy)

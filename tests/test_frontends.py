@@ -1,0 +1,187 @@
+"""Both doors through real Keras fit / evaluate / predict: as_sequence (PyDataset) and as_dataset (tf.data)."""
+
+from __future__ import annotations
+
+import pickle
+import warnings
+
+import numpy as np
+import pytest
+from conftest import join_daskfeed_threads, sorted_blobs, write_store
+
+import daskfeed
+
+keras = pytest.importorskip("keras")
+tf = pytest.importorskip("tensorflow")
+
+
+@pytest.fixture(scope="module")
+def blobs(tmp_path_factory):
+    x, y = sorted_blobs(3000, spread=1.0, dim=8)
+    path = write_store(tmp_path_factory.mktemp("fe") / "b.zarr", {"x": x, "y": y}, {"x": 250, "y": 700})
+    return daskfeed.open_zarr(path)
+
+
+def small_model(inputs=8):
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential(
+        [
+            keras.Input((inputs,)),
+            keras.layers.Dense(16, activation="relu"),
+            keras.layers.Dense(10, activation="softmax"),
+        ]
+    )
+    model.compile("adam", "sparse_categorical_crossentropy", metrics=["accuracy"])
+    return model
+
+
+def test_sequence_is_a_pydataset_with_keras_settings(blobs):
+    seq = daskfeed.as_sequence(blobs["x"], blobs["y"], batch_size=64, seed=0, workers=2, max_queue_size=4)
+    assert isinstance(seq, keras.utils.PyDataset)
+    assert (seq.workers, seq.use_multiprocessing, seq.max_queue_size) == (2, False, 4)
+    assert len(seq) == 47 and seq[46][0].shape == (3000 - 46 * 64, 8)
+    with pytest.raises(IndexError):
+        seq[47]
+    seq.close()
+
+
+def test_fit_through_the_sequence_runs_epochs_in_order(blobs):
+    seq = daskfeed.as_sequence(blobs["x"], blobs["y"], batch_size=64, seed=0)
+    history = small_model().fit(seq, epochs=2, shuffle=False, verbose=0)
+    assert len(history.history["loss"]) == 2
+    assert seq.epoch == 2  # Keras's on_epoch_end before the first epoch does not skip epoch 0
+    seq.close()
+    assert join_daskfeed_threads() == []
+
+
+def test_fit_shuffle_true_is_correct_and_warns_once(blobs):
+    seq = daskfeed.as_sequence(blobs["x"], blobs["y"], batch_size=64, seed=0, memory_budget="30KB")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        small_model().fit(seq, epochs=1, verbose=0)
+    assert sum("out of order" in str(w.message) for w in caught) == 1
+    seq.close()
+
+
+@pytest.mark.parametrize("multiprocessing", [False, True])
+def test_keras_workers_threads_and_processes(blobs, multiprocessing):
+    seq = daskfeed.as_sequence(
+        blobs["x"], blobs["y"], batch_size=64, seed=0, workers=2, use_multiprocessing=multiprocessing
+    )
+    history = small_model().fit(seq, epochs=2, shuffle=False, verbose=0)
+    assert np.isfinite(history.history["loss"]).all()
+    seq.close()
+
+
+def test_sequence_pickles(blobs):
+    seq = daskfeed.as_sequence(blobs["x"], blobs["y"], batch_size=64, seed=3)
+    copy = pickle.loads(pickle.dumps(seq))
+    np.testing.assert_array_equal(copy[5][1], seq[5][1])
+    copy.close()
+    seq.close()
+
+
+def test_dataset_spec_cardinality_and_epochs(blobs):
+    ds = daskfeed.as_dataset(blobs["x"], blobs["y"], batch_size=64, seed=0)
+    assert ds.element_spec == (tf.TensorSpec((None, 8), tf.float32), tf.TensorSpec((None,), tf.int64))
+    assert int(ds.cardinality()) == 47
+    first = np.concatenate([y.numpy() for _, y in ds])
+    second = np.concatenate([y.numpy() for _, y in ds])
+    assert len(first) == 3000 and np.array_equal(np.sort(first), np.sort(second))
+    assert not np.array_equal(first, second)  # every new iteration is the next epoch
+    dropped = daskfeed.as_dataset(blobs["x"], blobs["y"], batch_size=64, seed=0, drop_remainder=True)
+    assert dropped.element_spec[0].shape == (64, 8) and int(dropped.cardinality()) == 46
+
+
+def test_both_doors_give_the_same_batches_bit_for_bit(blobs):
+    kwargs = dict(batch_size=100, seed=21, memory_budget="40KB")
+    seq = daskfeed.as_sequence(blobs["x"], blobs["y"], **kwargs)
+    ds = daskfeed.as_dataset(blobs["x"], blobs["y"], **kwargs)
+    for epoch in range(2):
+        batches = list(ds)
+        assert len(batches) == len(seq)
+        for i, (x, y) in enumerate(batches):
+            sx, sy = seq[i]
+            assert x.numpy().tobytes() == sx.tobytes() and np.array_equal(y.numpy(), sy)
+        seq.on_epoch_begin()
+        seq.on_epoch_end()
+        assert seq.epoch == epoch + 1
+    seq.close()
+
+
+def test_fit_evaluate_predict_through_the_dataset(blobs):
+    model = small_model()
+    ds = daskfeed.as_dataset(blobs["x"], blobs["y"], batch_size=64, seed=0)
+    model.fit(ds, epochs=2, verbose=0)
+    loss, accuracy = model.evaluate(ds, verbose=0)
+    assert np.isfinite(loss) and accuracy > 0.5
+    preds = model.predict(daskfeed.as_dataset(blobs["x"], batch_size=128, shuffle=False), verbose=0)
+    assert preds.shape == (3000, 10)
+    np.testing.assert_allclose(preds[:5], model.predict(blobs["x"][:5].compute(), verbose=0), rtol=1e-5, atol=1e-6)
+
+
+def test_multi_input_dicts_and_sample_weights(tmp_path):
+    n = 500
+    rng = np.random.default_rng(0)
+    image = rng.random((n, 4, 4, 1), dtype="f4")
+    meta = rng.random((n, 3), dtype="f4")
+    label = (image.mean(axis=(1, 2, 3)) > 0.5).astype("i8")
+    weight = np.where(label == 1, 2.0, 1.0).astype("f4")
+    path = write_store(
+        tmp_path / "multi.zarr",
+        {"image": image, "meta": meta, "label": label, "w": weight},
+        {"image": 64, "meta": 100, "label": 500, "w": 50},
+    )
+    a = daskfeed.open_zarr(path)
+    keras.utils.set_random_seed(0)
+    i1, i2 = keras.Input((4, 4, 1), name="image"), keras.Input((3,), name="meta")
+    h = keras.layers.Concatenate()([keras.layers.Flatten()(i1), i2])
+    out = keras.layers.Dense(2, activation="softmax", name="label")(h)
+    model = keras.Model({"image": i1, "meta": i2}, {"label": out})
+    model.compile("adam", {"label": "sparse_categorical_crossentropy"})
+    x, y = {"image": a["image"], "meta": a["meta"]}, {"label": a["label"]}
+    seq = daskfeed.as_sequence(x, y, a["w"], batch_size=32, seed=0)
+    batch = seq[0]
+    assert set(batch[0]) == {"image", "meta"} and set(batch[1]) == {"label"} and batch[2].shape == (32,)
+    model.fit(seq, epochs=1, shuffle=False, verbose=0)
+    ds = daskfeed.as_dataset(x, y, a["w"], batch_size=32, seed=0)
+    assert set(ds.element_spec[0]) == {"image", "meta"}
+    model.fit(ds, epochs=1, verbose=0)
+    seq.close()
+
+
+def test_front_end_bad_knobs(blobs):
+    with pytest.raises(daskfeed.InputError, match="workers must be >= 0, got -1"):
+        daskfeed.as_sequence(blobs["x"], workers=-1)
+    with pytest.raises(daskfeed.InputError, match="use_multiprocessing must be True or False"):
+        daskfeed.as_sequence(blobs["x"], use_multiprocessing="yes")
+
+
+def test_an_error_in_the_training_step_leaves_no_thread(blobs):
+    class Boom(keras.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            if batch == 3:
+                raise RuntimeError("step failed")
+
+    seq = daskfeed.as_sequence(blobs["x"], blobs["y"], batch_size=16, seed=0, memory_budget="20KB")
+    with pytest.raises(RuntimeError, match="step failed"):
+        small_model().fit(seq, epochs=1, shuffle=False, verbose=0, callbacks=[Boom()])
+    assert join_daskfeed_threads() == []
+    ds = daskfeed.as_dataset(blobs["x"], blobs["y"], batch_size=16, seed=0, memory_budget="20KB")
+    with pytest.raises(RuntimeError, match="step failed"):
+        small_model().fit(ds, epochs=1, verbose=0, callbacks=[Boom()])
+    assert join_daskfeed_threads() == []
+
+
+def test_a_read_error_reaches_fit(blobs):
+    def explode(block):
+        raise OSError("disk gone")
+
+    x = blobs["x"].map_blocks(explode, dtype="f4")
+    seq = daskfeed.as_sequence(x, blobs["y"], batch_size=64, seed=0)
+    with pytest.raises(daskfeed.ChunkReadError, match="reading array x chunk"):
+        small_model().fit(seq, epochs=1, shuffle=False, verbose=0)
+    ds = daskfeed.as_dataset(x, blobs["y"], batch_size=64, seed=0)
+    with pytest.raises(Exception, match="reading array x chunk"):  # tf.data wraps it in its own error type
+        small_model().fit(ds, epochs=1, verbose=0)
+    assert join_daskfeed_threads() == []

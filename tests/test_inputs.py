@@ -1,0 +1,113 @@
+"""open_zarr and the checks on x / y / sample_weight: kinds, lengths, dtypes, chunk alignment."""
+
+from __future__ import annotations
+
+import dask.array as da
+import numpy as np
+import pytest
+import zarr
+from conftest import write_store
+
+import daskfeed
+from daskfeed.inputs import normalize_inputs
+
+
+def test_open_zarr_group_path_and_array(xy_store):
+    arrays = daskfeed.open_zarr(xy_store)
+    assert sorted(arrays) == ["x", "y"]
+    assert arrays["x"].chunks[0][:2] == (100, 100) and arrays["y"].chunks[0] == (250, 250, 250, 250, 3)
+    np.testing.assert_array_equal(arrays["y"].compute(), np.arange(1003))
+    one = daskfeed.open_zarr(xy_store + "/y")
+    assert isinstance(one, da.Array) and one.shape == (1003,)
+    group = zarr.open_group(xy_store, mode="r")
+    assert daskfeed.open_zarr(group["x"]).shape == (1003, 3)
+    assert sorted(daskfeed.open_zarr(group)) == ["x", "y"]
+
+
+def test_open_zarr_nested_group(tmp_path):
+    root = zarr.open_group(str(tmp_path / "n.zarr"), mode="w")
+    root.create_group("inputs").create_array("image", data=np.zeros((4, 2), "u1"), chunks=(2, 2))
+    root.create_array("label", data=np.zeros(4, "i8"), chunks=(2,))
+    assert sorted(daskfeed.open_zarr(str(tmp_path / "n.zarr"))) == ["inputs/image", "label"]
+
+
+def test_open_zarr_bad_paths(tmp_path):
+    with pytest.raises(daskfeed.StoreError, match="does not exist"):
+        daskfeed.open_zarr(tmp_path / "missing.zarr")
+    (tmp_path / "plain").mkdir()
+    (tmp_path / "plain" / "notes.txt").write_text("not zarr")
+    with pytest.raises(daskfeed.StoreError, match="is not a zarr store"):
+        daskfeed.open_zarr(tmp_path / "plain")
+    zarr.open_group(str(tmp_path / "empty.zarr"), mode="w")
+    with pytest.raises(daskfeed.StoreError, match="holds no array"):
+        daskfeed.open_zarr(tmp_path / "empty.zarr")
+    with pytest.raises(TypeError, match="store must be a path"):
+        daskfeed.open_zarr(42)
+
+
+def test_chunks_of_the_plan_are_whole_in_every_lazy_array(xy_store):
+    arrays = daskfeed.open_zarr(xy_store)
+    inputs = normalize_inputs(arrays["x"], arrays["y"])
+    # x by 100 and y by 250: boundaries shared by both are multiples of 500, and the end.
+    assert inputs.chunk_bounds.tolist() == [0, 500, 1000, 1003]
+    mixed = normalize_inputs(arrays["x"], np.arange(1003))
+    assert mixed.chunk_bounds.tolist() == list(range(0, 1001, 100)) + [1003]  # numpy follows the lazy array
+
+
+def test_numpy_xarray_and_dicts():
+    xr = pytest.importorskip("xarray")
+    x = xr.DataArray(np.zeros((10, 2), "f4"), dims=("sample", "feature"))
+    inputs = normalize_inputs({"a": x, "b": np.ones((10, 1), "u1")}, np.zeros(10, "i8"), np.ones(10, "f4"))
+    assert [leaf.name for leaf in inputs.leaves] == ["x['a']", "x['b']", "y", "sample_weight"]
+    packed = inputs.pack([np.zeros(1), np.ones(1), np.full(1, 2), np.full(1, 3)])
+    assert isinstance(packed, tuple) and set(packed[0]) == {"a", "b"} and packed[2][0] == 3
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "match"),
+    [
+        (
+            dict(x=np.zeros((10, 2)), y=np.zeros(9)),
+            daskfeed.InputError,
+            r"arrays x and y must have the same length on axis 0 \(samples\), got 10 and 9",
+        ),
+        (dict(x=np.zeros((0, 2))), daskfeed.InputError, r"x has zero samples"),
+        (dict(x=np.array(3.0)), daskfeed.InputError, r"x is a 0-d array"),
+        (
+            dict(x=np.array([object()] * 3)),
+            daskfeed.InputTypeError,
+            r"x has dtype object, which cannot become a tensor",
+        ),
+        (dict(x=np.array(["a", "b"])), daskfeed.InputTypeError, r"x has dtype <U1, which cannot become a tensor"),
+        (
+            dict(x={"a": np.zeros(5), "b": np.zeros(6)}),
+            daskfeed.InputError,
+            r"x\['a'\] and x\['b'\] must have the same length",
+        ),
+        (dict(x={}), daskfeed.InputError, r"x is an empty dict"),
+        (dict(x=[1, 2, 3]), daskfeed.InputTypeError, r"x must be a dask array.*got builtins.list. Convert lists"),
+        (dict(x=np.zeros(3), sample_weight=np.ones(3)), daskfeed.InputError, r"sample_weight needs y"),
+        (dict(x=None), daskfeed.InputError, r"x is required"),
+        (dict(x={1: np.zeros(3)}), daskfeed.InputTypeError, r"x dict keys must be strings, got 1"),
+    ],
+)
+def test_bad_inputs_are_named(kwargs, error, match):
+    with pytest.raises(error, match=match):
+        normalize_inputs(**kwargs)
+
+
+def test_unknown_chunk_sizes():
+    x = da.from_array(np.arange(10), chunks=5)
+    x = x[x > 3]
+    with pytest.raises(daskfeed.InputError, match="unknown chunk sizes.*compute_chunk_sizes"):
+        normalize_inputs(x)
+
+
+def test_errors_are_builtin_errors_too():
+    assert issubclass(daskfeed.InputError, ValueError) and issubclass(daskfeed.InputTypeError, TypeError)
+    assert issubclass(daskfeed.ChunkReadError, RuntimeError) and issubclass(daskfeed.MemoryBudgetError, ValueError)
+
+
+def test_write_store_helper_chunks(tmp_path):
+    path = write_store(tmp_path / "s.zarr", {"a": np.zeros((7, 2))}, {"a": 3})
+    assert daskfeed.open_zarr(path)["a"].chunks[0] == (3, 3, 1)

@@ -1,0 +1,294 @@
+"""The framework-free loader on real zarr stores: order, exactly once, chunk reads, memory, faults, threads."""
+
+from __future__ import annotations
+
+import collections
+import pickle
+import random
+import subprocess
+import sys
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import dask.array as da
+import numpy as np
+import pytest
+import zarr
+from conftest import join_daskfeed_threads, write_store
+
+import daskfeed
+
+
+class CountingStore(zarr.storage.WrapperStore):
+    """A real LocalStore that counts the reads of each chunk key."""
+
+    def __init__(self, store, counts=None):
+        super().__init__(store)
+        self.counts = collections.Counter() if counts is None else counts
+
+    def _with_store(self, store):
+        return type(self)(store, self.counts)
+
+    async def get(self, key, prototype, byte_range=None):
+        if "/c/" in key or key.startswith("c/"):
+            self.counts[key] += 1
+        return await self._store.get(key, prototype, byte_range)
+
+
+def epoch_rows(loader, epoch=None):
+    """All y values (= row numbers) of one epoch, in serving order, checking x against y on the way."""
+    got = []
+    for i in range(len(loader)):
+        x, y = loader.batch(i, epoch)
+        np.testing.assert_array_equal(x[:, 0], y * 3 / 3)  # x row r starts with r (x = arange / 3)
+        got.append(y)
+    return np.concatenate(got)
+
+
+@pytest.mark.parametrize("reads", [1, 3, "auto"])
+@pytest.mark.parametrize("batch_size", [1, 7, 64, 2000])
+def test_every_sample_exactly_once_and_rows_stay_aligned(xy_store, reads, batch_size):
+    arrays = daskfeed.open_zarr(xy_store)
+    budget = 3 * 28 * (500 + batch_size) + 20_000  # a few windows per epoch, whatever the batch size
+    kwargs = dict(batch_size=batch_size, seed=5, reads_per_chunk=reads, memory_budget=budget)
+    with daskfeed.Loader(arrays["x"], arrays["y"], **kwargs) as loader:
+        epochs = [epoch_rows(loader, epoch) for epoch in (0, 1)]
+    for rows in epochs:
+        assert np.array_equal(np.sort(rows), np.arange(1003))
+    assert not np.array_equal(epochs[0], np.arange(1003))  # shuffled
+    assert not np.array_equal(epochs[0], epochs[1])  # a new order each epoch
+    with daskfeed.Loader(arrays["x"], arrays["y"], **kwargs) as again:
+        assert np.array_equal(epoch_rows(again, 0), epochs[0])
+
+
+def test_drop_remainder_and_tiny_inputs(tmp_path):
+    one = daskfeed.Loader(np.zeros((1, 2), "f4"), np.zeros(1), batch_size=32)
+    assert len(one) == 1 and one.batch(0)[0].shape == (1, 2)
+    loader = daskfeed.Loader(np.arange(10).reshape(10, 1), batch_size=4, drop_remainder=True, seed=0)
+    assert len(loader) == 2 and [b.shape[0] for b in loader] == [4, 4]
+    with pytest.raises(daskfeed.InputError, match="drop_remainder=True with batch_size=32 leaves no batch"):
+        daskfeed.Loader(np.zeros((5, 1)), batch_size=32, drop_remainder=True)
+
+
+def test_shuffle_false_is_storage_order(xy_store):
+    arrays = daskfeed.open_zarr(xy_store)
+    loader = daskfeed.Loader(arrays["x"], arrays["y"], batch_size=64, shuffle=False, memory_budget="100KB")
+    assert np.array_equal(epoch_rows(loader), np.arange(1003))
+    loader.next_epoch()
+    assert np.array_equal(np.concatenate([b[1] for b in loader]), np.arange(1003))
+    assert loader.epoch == 2
+
+
+def test_same_seed_same_batches_whatever_the_threads_and_order(xy_store):
+    arrays = daskfeed.open_zarr(xy_store)
+    kwargs = dict(batch_size=50, seed=11, memory_budget="60KB")
+    reference = daskfeed.Loader(arrays["x"], arrays["y"], scheduler="synchronous", **kwargs)
+    expected = [reference.batch(i) for i in range(len(reference))]
+    loader = daskfeed.Loader(arrays["x"], arrays["y"], scheduler="threads", **kwargs)
+    order = list(range(len(loader))) * 2
+    random.Random(0).shuffle(order)
+    with ThreadPoolExecutor(6) as pool, pytest.warns(UserWarning, match="out of order"):
+        got = list(pool.map(loader.batch, order))
+    for i, (x, y) in zip(order, got):
+        np.testing.assert_array_equal(x, expected[i][0])
+        np.testing.assert_array_equal(y, expected[i][1])
+    loader.close()
+    reference.close()
+
+
+def test_each_chunk_is_read_once_per_epoch_at_one_read(tmp_path, xy_store):
+    counting = CountingStore(zarr.storage.LocalStore(xy_store, read_only=True))
+    group = zarr.open_group(counting, mode="r")
+    loader = daskfeed.Loader(
+        daskfeed.open_zarr(group["x"]),
+        daskfeed.open_zarr(group["y"]),
+        batch_size=32,
+        seed=0,
+        reads_per_chunk=1,
+        memory_budget="100KB",
+    )
+    for epoch in range(2):
+        counting.counts.clear()
+        for _ in loader:
+            pass
+        # x has 11 chunks, y has 5; every one read exactly once in the epoch.
+        assert len(counting.counts) == 16 and set(counting.counts.values()) == {1}, (epoch, counting.counts)
+    # With Keras's peek (batches 0 and 1 first), then the epoch: still once.
+    counting.counts.clear()
+    loader.batch(0), loader.batch(1)
+    for i in range(len(loader)):
+        loader.batch(i)
+    assert set(counting.counts.values()) == {1}
+    loader.close()
+
+
+def test_memory_budget_holds_for_windows(tmp_path):
+    n = 20_000
+    x = np.random.default_rng(0).integers(0, 255, (n, 16, 16), dtype="u1")
+    path = write_store(tmp_path / "m.zarr", {"x": x, "y": np.arange(n)}, {"x": 500, "y": 500})
+    arrays = daskfeed.open_zarr(path)
+    budget = 1_000_000  # about 19% of the 5.3 MB of data
+    for reads in (1, "auto"):
+        loader = daskfeed.Loader(
+            arrays["x"], arrays["y"], batch_size=100, seed=1, memory_budget=budget, reads_per_chunk=reads
+        )
+        for _ in loader:
+            pass
+        stats = loader.stats
+        assert 0 < stats["peak_window_bytes"] <= budget, stats
+        assert stats["samples"] == n
+        loader.close()
+
+
+def test_user_dask_work_runs_per_chunk_inside_the_window(xy_store):
+    calls = collections.Counter()
+
+    def scale(block, block_info=None):
+        calls[block_info[0]["chunk-location"][0]] += 1
+        return block / 2
+
+    arrays = daskfeed.open_zarr(xy_store)
+    x = arrays["x"].map_blocks(scale, dtype="f4")
+    loader = daskfeed.Loader(x, arrays["y"], batch_size=64, seed=2, reads_per_chunk=1)
+    for xb, yb in loader:
+        np.testing.assert_allclose(xb[:, 0], yb / 2)
+    assert sorted(calls) == list(range(11)) and set(calls.values()) == {1}
+    assert loader.stats["windows_computed"] == 1  # 1,003 small samples fit one window: one dask call
+
+
+def test_a_failing_chunk_names_the_array_and_chunk_and_nothing_hangs(xy_store):
+    def explode(block, block_info=None):
+        if block_info[0]["chunk-location"][0] == 4:
+            raise ValueError("bad pixel")
+        return block
+
+    arrays = daskfeed.open_zarr(xy_store)
+    x = arrays["x"].map_blocks(explode, dtype="f4")
+    loader = daskfeed.Loader({"image": x}, arrays["y"], batch_size=64, seed=0, memory_budget="60KB")
+    with pytest.raises(daskfeed.ChunkReadError) as info:
+        for _ in loader:
+            pass
+    err = info.value
+    assert "x['image']" in str(err) and isinstance(err.__cause__, ValueError) and "bad pixel" in str(err)
+    assert err.array == "x['image']"
+    # Chunk 4 of x (samples 400-499) lies in plan chunk 0 (samples 0-499, x and y whole there).
+    assert err.chunk == 0 and err.samples == (0, 500)
+    loader.close()
+    assert join_daskfeed_threads() == []
+
+
+def test_a_corrupt_chunk_on_disk_reaches_the_caller(xy_store):
+    import pathlib
+
+    chunk = pathlib.Path(xy_store) / "y" / "c" / "2"
+    chunk.write_bytes(b"this is not zstd")
+    arrays = daskfeed.open_zarr(xy_store)
+    loader = daskfeed.Loader(arrays["x"], arrays["y"], batch_size=100, shuffle=False, memory_budget="40KB")
+    with pytest.raises(daskfeed.ChunkReadError, match=r"reading array y chunk 1 \(samples 500-999\) failed"):
+        for _ in loader:
+            pass
+    # Earlier batches were served; the failure is not silent zeros and a retry fails again.
+    with pytest.raises(daskfeed.ChunkReadError):
+        loader.batch(7)
+    loader.close()
+
+
+def test_breaking_out_and_close_leave_no_thread(xy_store):
+    arrays = daskfeed.open_zarr(xy_store)
+    loader = daskfeed.Loader(arrays["x"], arrays["y"], batch_size=10, seed=0, memory_budget="30KB")
+    for i, _ in enumerate(loader):
+        if i == 3:
+            break
+    loader.close()
+    loader.close()  # idempotent
+    assert join_daskfeed_threads() == []
+    with daskfeed.Loader(arrays["x"], batch_size=10) as ctx:
+        ctx.batch(0)
+    assert join_daskfeed_threads() == []
+
+
+def test_threads_are_named_and_end_when_idle(xy_store):
+    arrays = daskfeed.open_zarr(xy_store)
+    loader = daskfeed.Loader(arrays["x"], batch_size=10, seed=0, memory_budget="30KB")
+    seen = set()
+    loader.batch(0)
+    seen.update(t.name for t in threading.enumerate() if t.name.startswith("daskfeed-prefetch-"))
+    assert seen
+    assert join_daskfeed_threads() == []  # nothing left to prefetch: the threads end by themselves
+    loader.close()
+
+
+def test_pickle_drops_threads_and_keeps_batches(xy_store):
+    arrays = daskfeed.open_zarr(xy_store)
+    loader = daskfeed.Loader(arrays["x"], arrays["y"], batch_size=64, seed=9)
+    first = loader.batch(3)
+    copy = pickle.loads(pickle.dumps(loader))
+    np.testing.assert_array_equal(copy.batch(3)[1], first[1])
+    copy.close()
+    loader.close()
+
+
+def test_shards_partition_the_epoch(xy_store):
+    arrays = daskfeed.open_zarr(xy_store)
+    rows = []
+    for index in range(3):
+        with daskfeed.Loader(arrays["x"], arrays["y"], batch_size=16, seed=4, shard=(index, 3)) as shard:
+            rows.append(epoch_rows(shard))
+    assert np.array_equal(np.sort(np.concatenate(rows)), np.arange(1003))
+    assert all(len(r) for r in rows)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "match"),
+    [
+        (dict(batch_size=0), daskfeed.InputError, "batch_size must be >= 1, got 0"),
+        (dict(batch_size=2.5), daskfeed.InputTypeError, "batch_size must be an int >= 1, got 2.5"),
+        (dict(memory_budget="lots"), daskfeed.MemoryBudgetError, "memory_budget='lots' is not a size"),
+        (dict(memory_budget=-5), daskfeed.MemoryBudgetError, "memory_budget must be positive, got -5"),
+        (dict(memory_budget=[1]), daskfeed.MemoryBudgetError, "memory_budget must be a number of bytes"),
+        (dict(memory_budget="1KB"), daskfeed.MemoryBudgetError, r"smallest budget that works is .* bytes"),
+        (dict(shard=(3, 3)), daskfeed.InputError, r"shard=\(index, count\) needs 0 <= index < count, got \(3, 3\)"),
+        (dict(shard=(0, 99)), daskfeed.InputError, r"asks for 99 shards but the arrays have only 3 chunks"),
+        (dict(shard=[0, 2]), daskfeed.InputTypeError, r"shard must be a tuple \(index, count\)"),
+        (dict(seed=-1), daskfeed.InputError, "seed must be >= 0, got -1"),
+        (dict(reads_per_chunk=0), daskfeed.InputError, "reads_per_chunk must be >= 1 or 'auto', got 0"),
+        (dict(reads_per_chunk="many"), daskfeed.InputTypeError, "reads_per_chunk must be an int"),
+        (dict(shuffle=False, reads_per_chunk=2), daskfeed.InputError, "shuffle=False serves samples in storage order"),
+        (dict(shuffle="yes"), daskfeed.InputTypeError, "shuffle must be True or False"),
+    ],
+)
+def test_bad_knobs_are_named(xy_store, kwargs, error, match):
+    arrays = daskfeed.open_zarr(xy_store)
+    with pytest.raises(error, match=match):
+        daskfeed.Loader(arrays["x"], arrays["y"], **kwargs)
+
+
+def test_a_budget_error_says_the_budget_that_works_and_it_works(xy_store):
+    arrays = daskfeed.open_zarr(xy_store)
+    with pytest.raises(daskfeed.MemoryBudgetError) as info:
+        daskfeed.Loader(arrays["x"], arrays["y"], batch_size=64, memory_budget=2000, reads_per_chunk=1)
+    smallest = int(str(info.value).split("(")[-1].split(" bytes")[0])
+    loader = daskfeed.Loader(arrays["x"], arrays["y"], batch_size=64, memory_budget=smallest, reads_per_chunk=1)
+    assert np.array_equal(np.sort(epoch_rows(loader)), np.arange(1003))
+    assert loader.stats["peak_window_bytes"] <= smallest
+
+
+def test_parse_bytes():
+    assert daskfeed.parse_bytes("512MB") == 512 * 10**6
+    assert daskfeed.parse_bytes(" 2 GiB ") == 2 * 2**30
+    assert daskfeed.parse_bytes(1024) == 1024
+
+
+def test_a_billion_samples_plan_lazily():
+    """A 10^9-sample lazy array: construction and the first batch never touch O(samples) memory."""
+    x = da.zeros((10**9,), dtype="u1", chunks=10**5)
+    loader = daskfeed.Loader(x, batch_size=256, seed=0, memory_budget="3MB")
+    assert len(loader) == -(-(10**9) // 256)
+    assert loader.batch(0).shape == (256,)
+    loader.close()
+
+
+def test_import_daskfeed_does_not_import_tensorflow_or_keras():
+    code = "import sys, daskfeed; bad = [m for m in ('tensorflow', 'keras') if m in sys.modules]; print(bad)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
