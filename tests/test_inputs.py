@@ -51,7 +51,7 @@ def test_chunks_of_the_plan_are_whole_in_every_lazy_array(xy_store):
     # x by 100 and y by 250: boundaries shared by both are multiples of 500, and the end.
     assert inputs.chunk_bounds.tolist() == [0, 500, 1000, 1003]
     mixed = normalize_inputs(arrays["x"], np.arange(1003))
-    assert mixed.chunk_bounds.tolist() == list(range(0, 1001, 100)) + [1003]  # numpy follows the lazy array
+    assert mixed.chunk_bounds.tolist() == [*range(0, 1001, 100), 1003]  # numpy follows the lazy array
 
 
 def test_numpy_xarray_and_dicts():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import tracemalloc
 
 import numpy as np
@@ -57,7 +58,7 @@ def test_every_sample_of_the_shard_exactly_once(config, epoch):
     # Batches tile the served positions, in order, without gaps.
     spans = [plan.batch_span(i) for i in range(plan.n_batches)] or [(0, 0)]
     assert spans[0][0] == 0 and spans[-1][1] == plan.n_served
-    assert all(a[1] == b[0] for a, b in zip(spans, spans[1:]))
+    assert all(a[1] == b[0] for a, b in itertools.pairwise(spans))
 
 
 @settings(max_examples=150, deadline=None)
