@@ -458,7 +458,14 @@ class Loader:
             state.cond.notify_all()
 
     def _note_order(self, state: _State, epoch: int, window: int) -> None:
-        """Warn once when batches are asked out of plan order (it costs windows computed again)."""
+        """Warn once when batches are asked out of plan order (it costs windows computed again).
+
+        Asking for the first window again starts a new pass over the epoch (Keras reads batches 0 and 1 to
+        learn their spec, then the whole epoch), which is in order.
+        """
+        if window == 0:
+            state.released = {k for k in state.released if k[0] != epoch}
+            state.horizon.pop(epoch, None)
         if self._warned:
             return
         if (epoch, window) in state.released or window > state.horizon.get(epoch, -1) + SLOTS:

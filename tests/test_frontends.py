@@ -185,3 +185,12 @@ def test_a_read_error_reaches_fit(blobs):
     with pytest.raises(Exception, match="reading array x chunk"):  # tf.data wraps it in its own error type
         small_model().fit(ds, epochs=1, verbose=0)
     assert join_daskfeed_threads() == []
+
+
+def test_keras_peek_then_epoch_is_in_order_even_with_tiny_windows(blobs):
+    """Keras reads batches 0 and 1 for the spec, then the epoch; a window gone after the peek is no warning."""
+    seq = daskfeed.as_sequence(blobs["x"], blobs["y"], batch_size=64, seed=0, memory_budget="25KB", reads_per_chunk=32)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        small_model().fit(seq, epochs=2, shuffle=False, verbose=0)
+    seq.close()
