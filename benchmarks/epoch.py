@@ -13,10 +13,10 @@ import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-import numpy as np  # noqa: E402
-import zarr  # noqa: E402
+import numpy as np
+import zarr
 
-import daskfeed  # noqa: E402
+import daskfeed
 
 
 def make_store(path: str, samples: int, chunk: int) -> None:
@@ -83,8 +83,10 @@ def main(argv: list[str] | None = None) -> dict:
             assert n == args.samples, (name, n)
         rates[name] = args.samples / statistics.median(times)
     raw = rates["raw zarr, chunks in order, 1 thread"]
-    print(f"{args.samples} samples of 32x32x3 uint8 + int64, chunks of {args.chunk}, batch {args.batch_size}, "
-          f"{os.cpu_count()} cores, median of {args.repeats}")
+    print(
+        f"{args.samples} samples of 32x32x3 uint8 + int64, chunks of {args.chunk}, batch {args.batch_size}, "
+        f"{os.cpu_count()} cores, median of {args.repeats}"
+    )
     print("| way of reading | samples/s | ratio to raw |\n|---|---:|---:|")
     for name, rate in rates.items():
         print(f"| {name} | {rate:,.0f} | {rate / raw:.2f} |")

@@ -12,10 +12,10 @@ import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-import numpy as np  # noqa: E402
-import zarr  # noqa: E402
+import numpy as np
+import zarr
 
-import daskfeed  # noqa: E402
+import daskfeed
 
 
 def write_store(path: str, samples: int, chunk: int, seed: int = 0) -> None:

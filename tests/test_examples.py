@@ -21,8 +21,22 @@ def load(relative: str):
 @pytest.mark.parametrize("door", ["sequence", "dataset"])
 def test_demo_trains_streaming_within_a_small_budget(tmp_path, door, capsys):
     demo = load("examples/demo.py")
-    result = demo.main(["--store", str(tmp_path / "demo.zarr"), "--samples", "6000", "--chunk", "500",
-                        "--epochs", "2", "--memory-budget", "8MB", "--door", door])
+    result = demo.main(
+        [
+            "--store",
+            str(tmp_path / "demo.zarr"),
+            "--samples",
+            "6000",
+            "--chunk",
+            "500",
+            "--epochs",
+            "2",
+            "--memory-budget",
+            "8MB",
+            "--door",
+            door,
+        ]
+    )
     assert result["data_mb"] * 4 > 8 * 8  # the data (float32 after scaling) is 8x the budget and more
     assert result["accuracy"] > 0.3 and result["samples_per_s"] > 0
     assert "samples/s" in capsys.readouterr().out
