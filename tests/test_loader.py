@@ -8,6 +8,7 @@ import random
 import subprocess
 import sys
 import threading
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 
 import dask.array as da
@@ -87,13 +88,33 @@ def test_same_seed_same_batches_whatever_the_threads_and_order(xy_store):
     loader = daskfeed.Loader(arrays["x"], arrays["y"], scheduler="threads", **kwargs)
     order = list(range(len(loader))) * 2
     random.Random(0).shuffle(order)
-    with ThreadPoolExecutor(6) as pool, pytest.warns(UserWarning, match="out of order"):
+    with ThreadPoolExecutor(6) as pool, warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # out of order on purpose; the warning has its own test
         got = list(pool.map(loader.batch, order))
     for i, (x, y) in zip(order, got):
         np.testing.assert_array_equal(x, expected[i][0])
         np.testing.assert_array_equal(y, expected[i][1])
     loader.close()
     reference.close()
+
+
+def test_out_of_order_access_warns_once(xy_store):
+    arrays = daskfeed.open_zarr(xy_store)
+    loader = daskfeed.Loader(arrays["x"], arrays["y"], batch_size=10, seed=0, memory_budget="5KB")
+    assert loader.plan().n_windows > 6
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for i in range(len(loader)):  # in order, twice: no warning
+            loader.batch(i)
+        for i in range(len(loader)):
+            loader.batch(i)
+    with pytest.warns(UserWarning, match=r"out of order .* pass shuffle=False to model.fit"):
+        loader.batch(len(loader) - 1)
+        loader.batch(len(loader) // 2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        loader.batch(len(loader) // 3)  # once per loader
+    loader.close()
 
 
 def test_each_chunk_is_read_once_per_epoch_at_one_read(tmp_path, xy_store):
