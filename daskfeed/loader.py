@@ -19,7 +19,7 @@ import numpy as np
 from daskfeed.errors import DaskfeedError, InputError, InputTypeError, MemoryBudgetError
 from daskfeed.inputs import Inputs, normalize_inputs
 from daskfeed.plan import SLOTS, EpochPlan, Layout, PlanConfig, choose_layout, format_bytes
-from daskfeed.prefetch import BlockSource, Window, WorkerPool, build_window, is_shared_memory
+from daskfeed.prefetch import BlockSource, Scheduler, Window, WorkerPool, build_window, storage_rows
 
 __all__ = ["DEFAULT_MEMORY_BUDGET", "Loader", "parse_bytes"]
 
@@ -92,6 +92,8 @@ class _State:
         self.tick = 0
         self.closed = False
         self.sources: list[BlockSource | None] | None = None
+        #: Storage of windows let go, kept for the next window; with the live windows, at most SLOTS.
+        self.spare: list[list[np.ndarray]] = []
         self.stats = {
             "windows_computed": 0,
             "batches": 0,
@@ -106,6 +108,7 @@ def _shutdown(state: _State) -> None:
     with state.cond:
         state.closed = True
         entries, state.entries = list(state.entries.values()), {}
+        state.spare = []
         state.cond.notify_all()
     for entry in entries:
         entry.future.cancel()
@@ -194,7 +197,7 @@ class Loader:
         )
         self.memory_budget = budget
         self.scheduler = scheduler
-        self._shared_memory = is_shared_memory(scheduler)
+        self._scheduler = Scheduler(scheduler)
         self.epoch = 0
         first = EpochPlan(self.config, 0)
         if first.n_batches == 0:
@@ -205,6 +208,7 @@ class Loader:
         self._n_batches = first.n_batches
         self._warned = False
         self._state_obj: _State | None = None
+        self._final_stats: dict | None = None
 
     # -- public surface -------------------------------------------------------------------------------
 
@@ -233,7 +237,10 @@ class Loader:
         """Counters since creation: windows computed, batches and samples served, seconds the consumer waited
         and the windows took to compute, and the most bytes of windows held at once (``peak_window_bytes``)."""
         state = self._state_obj
-        return dict(state.stats) if state is not None else dict(_State().stats)
+        if state is not None:
+            with state.cond:
+                return dict(state.stats)
+        return dict(self._final_stats) if self._final_stats is not None else dict(_State().stats)
 
     def plan(self, epoch: int | None = None) -> EpochPlan:
         """The plan of ``epoch`` (default: the current one)."""
@@ -256,10 +263,7 @@ class Loader:
             raise InputTypeError(f"batch index must be an int, got {type(index).__name__}")
         if index < 0:
             index += plan.n_batches
-        start, stop = plan.batch_span(int(index))
-        out = [np.empty((stop - start, *leaf.sample_shape), leaf.dtype) for leaf in self.inputs.leaves]
-        self._fill(plan, int(index), out)
-        return self.inputs.pack(out)
+        return self.inputs.pack(self._fill(plan, int(index), int(index) + 1))
 
     def __iter__(self) -> Iterator[Any]:
         """The batches of the current epoch in order, then move to the next epoch."""
@@ -280,13 +284,7 @@ class Loader:
         n = plan.n_batches
         try:
             for first in range(0, n, batches_per_block):
-                last = min(first + batches_per_block, n)
-                start, stop = plan.batch_span(first)[0], plan.batch_span(last - 1)[1]
-                out = [np.empty((stop - start, *leaf.sample_shape), leaf.dtype) for leaf in self.inputs.leaves]
-                for i in range(first, last):
-                    a, b = plan.batch_span(i)
-                    self._fill(plan, i, [o[a - start : b - start] for o in out])
-                yield self.inputs.pack(out)
+                yield self.inputs.pack(self._fill(plan, first, min(first + batches_per_block, n)))
         finally:
             self._forget_epoch(epoch)
 
@@ -302,6 +300,7 @@ class Loader:
         if state is not None:
             state.finalizer.detach()
             _shutdown(state)
+            self._final_stats = dict(state.stats)  # counted to the end: running windows were joined
 
     def __enter__(self) -> Loader:
         return self
@@ -336,21 +335,25 @@ class Loader:
             self._state_obj = state
         return state
 
-    def _fill(self, plan: EpochPlan, index: int, out: list[np.ndarray]) -> None:
-        """Write batch ``index`` of ``plan`` into ``out``, one array per leaf."""
-        start, stop = plan.batch_span(index)
-        windows = plan.windows_of(start, stop)
-        entries = self._acquire(plan, windows)
-        try:
-            state = self._state()
-            for w, entry in zip(windows, entries):
-                waited = time.perf_counter()
+    def _fill(self, plan: EpochPlan, first: int, last: int) -> list[np.ndarray]:
+        """Batches ``first`` to ``last - 1`` of ``plan`` as one array per leaf, a window at a time.
+
+        A window is pinned only while its rows are copied, and a batch never waits for a window while it
+        holds another, so concurrent callers cannot deadlock over the slots.
+        """
+        start, stop = plan.batch_span(first)[0], plan.batch_span(last - 1)[1]
+        out = [np.empty((stop - start, *leaf.sample_shape), leaf.dtype) for leaf in self.inputs.leaves]
+        waited = 0.0
+        for w in plan.windows_of(start, stop):
+            entry = self._acquire(plan, w)
+            served = None
+            try:
+                began = time.perf_counter()
                 window: Window = entry.future.result()
-                state.stats["wait_s"] += time.perf_counter() - waited
+                waited += time.perf_counter() - began
                 base = int(plan.window_offsets[w])
                 lo, hi = max(start, base), min(stop, int(plan.window_offsets[w + 1]))
-                rows = slice(lo - base, hi - base)
-                dest = slice(lo - start, hi - start)
+                rows, dest = slice(lo - base, hi - base), slice(lo - start, hi - start)
                 if window.order is None:
                     for buf, o in zip(window.buffers, out):
                         o[dest] = buf[rows]
@@ -358,45 +361,57 @@ class Loader:
                     take = window.order[rows]
                     for buf, o in zip(window.buffers, out):
                         np.take(buf, take, axis=0, out=o[dest])
-        except BaseException:
-            self._release(plan, windows, entries, None)
-            raise
-        self._release(plan, windows, entries, index, stop - start)
-
-    def _acquire(self, plan: EpochPlan, windows: range) -> list[_Entry]:
-        """Pin the windows a batch needs, starting the missing ones; wait for free slots, never hold-and-wait."""
+                batches = plan.batches_of(w)
+                served = range(max(first, batches.start), min(last, batches.stop))
+            finally:
+                self._release(plan, w, entry, served)
         state = self._state()
-        epoch = plan.epoch
         with state.cond:
-            while True:
+            state.stats["batches"] += last - first
+            state.stats["samples"] += stop - start
+            state.stats["wait_s"] += waited
+        return out
+
+    def _acquire(self, plan: EpochPlan, window: int) -> _Entry:
+        """Pin a window, starting it if missing; wait for a free slot when all are taken."""
+        state = self._state()
+        key = (plan.epoch, window)
+        with state.cond:
+            while key not in state.entries:
                 if state.closed:
                     raise DaskfeedError("the loader was closed while a batch was being read")
-                missing = [w for w in windows if (epoch, w) not in state.entries]
-                self._make_room(state, len(missing), keep={(epoch, w) for w in windows})
-                if len(missing) <= SLOTS - len(state.entries):
+                self._make_room(state)
+                if len(state.entries) < SLOTS:
+                    self._note_order(state, plan.epoch, window)
+                    self._start(state, plan, window)
                     break
                 state.cond.wait()
-            for w in missing:
-                self._note_order(state, epoch, w)
-                self._start(state, plan, w)
-            entries = []
-            for w in windows:
-                entry = state.entries[(epoch, w)]
-                entry.pins += 1
-                state.tick += 1
-                entry.last_use = state.tick
-                entries.append(entry)
-            state.horizon[epoch] = max(state.horizon.get(epoch, -1), windows[-1])
-            # Prefetch: fill free slots with the windows that come next, without evicting anything.
-            ahead = windows[-1] + 1
-            while len(state.entries) < SLOTS and ahead < plan.n_windows:
-                key = (epoch, ahead)
-                if key not in state.entries and key not in state.released and plan.batches_of(ahead):
-                    self._start(state, plan, ahead)
-                ahead += 1
-                if ahead > windows[-1] + SLOTS:
+            entry = state.entries[key]
+            entry.pins += 1
+            state.tick += 1
+            entry.last_use = state.tick
+            state.horizon[plan.epoch] = max(state.horizon.get(plan.epoch, -1), window)
+            # Prefetch: fill free slots with the windows that come next, without evicting anything. Past the
+            # end of the epoch they are the first windows of the next one (its plan is known), so decoding the
+            # next epoch overlaps serving the end of this one.
+            for ahead_plan, ahead in self._upcoming(plan, window, SLOTS - 1):
+                if len(state.entries) >= SLOTS:
                     break
-        return entries
+                ahead_key = (ahead_plan.epoch, ahead)
+                if ahead_key not in state.entries and ahead_key not in state.released and ahead_plan.batches_of(ahead):
+                    self._start(state, ahead_plan, ahead)
+        return entry
+
+    def _upcoming(self, plan: EpochPlan, window: int, count: int) -> Iterator[tuple[EpochPlan, int]]:
+        """Up to ``count`` windows after ``window`` in serving order, running on into the next epoch only."""
+        last_epoch = plan.epoch + 1
+        for _ in range(count):
+            window += 1
+            if window >= plan.n_windows:
+                if plan.epoch == last_epoch:
+                    return
+                plan, window = self.plan(plan.epoch + 1), 0
+            yield plan, window
 
     def _start(self, state: _State, plan: EpochPlan, window: int) -> None:
         future = state.pool.submit(self._compute, state, plan, window)
@@ -404,15 +419,20 @@ class Loader:
         future.add_done_callback(lambda _f: _notify(state))
 
     def _compute(self, state: _State, plan: EpochPlan, window: int) -> Window:
+        size = plan.window_size(window)
         with state.cond:
             if state.sources is None:
                 state.sources = [BlockSource(leaf.array) if leaf.lazy else None for leaf in self.inputs.leaves]
             sources = state.sources
-        result = build_window(self.inputs, sources, plan, window, self.scheduler, self._shared_memory)
+            storage = next((s for s in state.spare if storage_rows(s) >= size), None)
+            if storage is not None:
+                state.spare.remove(storage)
+        result = build_window(self.inputs, sources, plan, window, self._scheduler, storage)
         with state.cond:
             state.stats["windows_computed"] += 1
             state.stats["compute_s"] += result.seconds
-            held = result.nbytes + sum(
+            held = result.nbytes + sum(sum(b.nbytes for b in s) for s in state.spare)
+            held += sum(
                 e.future.result().nbytes
                 for e in state.entries.values()
                 if e.future.done() and not e.future.cancelled() and e.future.exception() is None
@@ -420,41 +440,46 @@ class Loader:
             state.stats["peak_window_bytes"] = max(state.stats["peak_window_bytes"], held)
         return result
 
-    def _make_room(self, state: _State, needed: int, keep: set) -> None:
-        """Evict ready, unpinned windows (other epochs first, then least recently used) until ``needed`` fit."""
-        free = SLOTS - len(state.entries)
-        if needed <= free:
-            return
-        candidates = [
-            (key[0] == self.epoch, entry.last_use, key)
-            for key, entry in state.entries.items()
-            if key not in keep and entry.pins == 0 and entry.future.done()
-        ]
-        for _, _, key in sorted(candidates)[: needed - free]:
-            del state.entries[key]
+    def _drop(self, state: _State, key: tuple[int, int]) -> None:
+        """Let a window go (the caller holds the lock and no one pins it); keep its storage if a slot is free."""
+        entry = state.entries.pop(key)
+        future = entry.future
+        ready = future.done() and not future.cancelled() and future.exception() is None
+        if ready and len(state.spare) + len(state.entries) < SLOTS:
+            state.spare.append(future.result().storage)
+        state.cond.notify_all()
 
-    def _release(
-        self, plan: EpochPlan, windows: range, entries: list[_Entry], index: int | None, samples: int = 0
-    ) -> None:
+    def _make_room(self, state: _State) -> None:
+        """With every slot taken, evict one ready, unpinned window (another epoch's first, then the least
+        recently used), and drop spare storage that a new window's slot needs."""
+        if len(state.entries) >= SLOTS:
+            candidates = [
+                (key[0] == self.epoch, entry.last_use, key)
+                for key, entry in state.entries.items()
+                if entry.pins == 0 and entry.future.done()
+            ]
+            if candidates:
+                self._drop(state, min(candidates)[2])
+        while state.spare and len(state.spare) + len(state.entries) >= SLOTS:
+            state.spare.pop(0)
+
+    def _release(self, plan: EpochPlan, window: int, entry: _Entry, served: range | None) -> None:
+        """Unpin ``window``; once every batch that takes from it has been served, let it go."""
         state = self._state()
+        key = (plan.epoch, window)
         with state.cond:
-            if index is not None:
-                state.stats["batches"] += 1
-                state.stats["samples"] += samples
-            for w, entry in zip(windows, entries):
-                entry.pins -= 1
-                if entry.future.done() and entry.future.exception() is not None:
-                    # A failed window gives its slot back; asking again computes it again.
-                    if state.entries.get((plan.epoch, w)) is entry:
-                        del state.entries[(plan.epoch, w)]
-                    continue
-                if index is None:
-                    continue
-                entry.served.add(index)
-                if entry.pins == 0 and len(entry.served) >= len(plan.batches_of(w)):
-                    if state.entries.get((plan.epoch, w)) is entry:
-                        del state.entries[(plan.epoch, w)]
-                    state.released.add((plan.epoch, w))
+            entry.pins -= 1
+            current = state.entries.get(key) is entry
+            if entry.future.done() and entry.future.exception() is not None:
+                # A failed window gives its slot back; asking again computes it again.
+                if current:
+                    state.entries.pop(key)
+            elif served is not None:
+                entry.served.update(served)
+                if entry.pins == 0 and len(entry.served) >= len(plan.batches_of(window)):
+                    if current:
+                        self._drop(state, key)
+                    state.released.add(key)
             state.cond.notify_all()
 
     def _note_order(self, state: _State, epoch: int, window: int) -> None:
@@ -475,7 +500,7 @@ class Loader:
                 "computes some windows more than once. daskfeed already shuffles samples across chunks: "
                 "pass shuffle=False to model.fit for the fast path.",
                 UserWarning,
-                stacklevel=5,
+                stacklevel=6,
             )
 
     def _forget_epoch(self, epoch: int) -> None:
@@ -486,7 +511,7 @@ class Loader:
             for key in [k for k in state.entries if k[0] == epoch]:
                 entry = state.entries[key]
                 if entry.pins == 0 and (entry.future.cancel() or entry.future.done()):
-                    del state.entries[key]
+                    self._drop(state, key)
             state.released = {k for k in state.released if k[0] != epoch}
             state.horizon.pop(epoch, None)
             state.cond.notify_all()

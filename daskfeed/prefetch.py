@@ -14,14 +14,17 @@ from typing import Any
 import dask
 import dask.array as da
 import numpy as np
+from dask.core import flatten
+from dask.optimization import cull
 
 from daskfeed.errors import ChunkReadError
 from daskfeed.inputs import Inputs
 from daskfeed.plan import EpochPlan
 
-__all__ = ["BlockSource", "Window", "WorkerPool", "build_window", "is_shared_memory"]
+__all__ = ["BlockSource", "Scheduler", "Window", "WorkerPool", "build_window", "storage_rows"]
 
 _thread_ids = itertools.count()
+_graph_ids = itertools.count()
 
 
 class WorkerPool:
@@ -86,44 +89,45 @@ class WorkerPool:
 
 @dataclass(eq=False)
 class Window:
-    """The decoded samples of one window: one buffer per leaf in read-unit order, and the serving order."""
+    """The decoded samples of one window: one buffer per leaf in read-unit order, and the serving order.
+
+    ``buffers`` are views of the first rows of ``storage``, which may be larger: the storage of a window that
+    was let go is used again, because writing into fresh memory costs page faults.
+    """
 
     index: int
     buffers: list[np.ndarray]
+    storage: list[np.ndarray]
     order: np.ndarray | None
     seconds: float
 
     @property
     def nbytes(self) -> int:
-        return sum(b.nbytes for b in self.buffers) + (0 if self.order is None else self.order.nbytes)
+        return sum(b.nbytes for b in self.storage) + (0 if self.order is None else self.order.nbytes)
 
 
-def is_shared_memory(scheduler: Any) -> bool:
-    """Whether dask runs tasks of ``scheduler`` in this process, where they can write into our buffers."""
-    import dask.local
-    import dask.threaded
-    from dask.base import get_scheduler
-
-    get = get_scheduler(scheduler=scheduler)
-    return get is None or get in (dask.threaded.get, dask.local.get_sync)
+def storage_rows(storage: list[np.ndarray]) -> int:
+    return len(storage[0]) if storage else 0
 
 
 class BlockSource:
-    """The sample-axis blocks of one lazy array as ``Delayed`` objects, optimized once, for cheap graphs.
+    """The optimized task graph of one lazy array and the key of each block along the sample axis.
 
-    Slicing a dask array costs about a millisecond per slice on a hundred-block array and grows with the
-    number of blocks; a window graph made of these ``Delayed`` blocks costs microseconds per read unit.
+    The graph is materialized once; a window then takes only the tasks its blocks need (a cull that walks
+    from those keys), so computing a window costs the same on an array of a hundred chunks or of a million.
     """
 
     def __init__(self, array: da.Array):
         if any(len(c) > 1 for c in array.chunks[1:]):
             # One task per sample-axis block, so each block is computed once however the other axes are cut.
             array = array.rechunk({axis: -1 for axis in range(1, array.ndim)})
-        self.blocks = array.to_delayed(optimize_graph=True).reshape(-1)
+        (array,) = dask.optimize(array)
+        self.graph = dict(array.__dask_graph__())
+        self.keys = list(flatten(array.__dask_keys__()))
         self.bounds = np.concatenate([[0], np.cumsum(array.chunks[0])]).astype(np.int64)
 
     def parts(self, start: int, stop: int, rows: np.ndarray | None) -> list[tuple[Any, int, np.ndarray | None]]:
-        """``(block, position in the read unit, block-local rows or None)`` for samples ``[start, stop)``."""
+        """``(block key, position in the read unit, block-local rows or None)`` for samples ``[start, stop)``."""
         first = int(np.searchsorted(self.bounds, start, side="right")) - 1
         last = int(np.searchsorted(self.bounds, stop - 1, side="right")) - 1
         out = []
@@ -131,12 +135,12 @@ class BlockSource:
         for b in range(first, last + 1):
             lo, hi = int(self.bounds[b]), int(self.bounds[b + 1])
             if rows is None:
-                out.append((self.blocks[b], done, None))
+                out.append((self.keys[b], done, None))
                 done += hi - lo
             else:
                 a, z = np.searchsorted(rows, [lo - start, hi - start])
                 if z > a:
-                    out.append((self.blocks[b], done, rows[a:z] - (lo - start)))
+                    out.append((self.keys[b], done, rows[a:z] - (lo - start)))
                     done += int(z - a)
         return out
 
@@ -150,18 +154,52 @@ def _select(block: np.ndarray, rows: np.ndarray | None) -> np.ndarray:
     return block if rows is None else block[rows]
 
 
+class Scheduler:
+    """What ``scheduler=`` names, resolved once: a ``get`` for task graphs, or a distributed client."""
+
+    def __init__(self, scheduler: Any):
+        import dask.local
+        import dask.threaded
+        from dask.base import get_scheduler
+
+        get = get_scheduler(scheduler=scheduler)
+        self.client = getattr(get, "__self__", None) if get is not None else None
+        if self.client is not None and not hasattr(self.client, "gather"):
+            self.client = None
+        self.get = dask.threaded.get if get is None else get
+        #: Whether tasks run in this process and can write into the window's buffers.
+        self.shared_memory = self.get in (dask.threaded.get, dask.local.get_sync)
+
+
+def _window_graph(sources, needed: dict[int, list], make_task) -> tuple[dict, list]:
+    graph: dict = {}
+    outs = []
+    token = next(_graph_ids)
+    for li, parts in needed.items():
+        source = sources[li]
+        sub, _ = cull(source.graph, list({key for key, *_ in parts}))
+        graph.update(sub)
+        for i, part in enumerate(parts):
+            key = (f"daskfeed-window-{token}", li, i)
+            graph[key] = make_task(li, *part)
+            outs.append(key)
+    return graph, outs
+
+
 def build_window(
     inputs: Inputs,
     sources: list[BlockSource | None],
     plan: EpochPlan,
     window: int,
-    scheduler: Any,
-    shared_memory: bool,
+    scheduler: Scheduler,
+    storage: list[np.ndarray] | None = None,
 ) -> Window:
     """Decode the read units of ``window`` into one buffer per leaf, with one dask call for the window.
 
+    ``storage``, if given, is one array per leaf with at least the window's rows, to write into.
+
     On a scheduler that shares this process's memory (threads, synchronous) each task writes its decoded
-    block into the window's buffer, so the block is dropped as soon as it is written; on a cluster the
+    block into the window's buffer, so the block is dropped as soon as it is written; elsewhere the
     blocks (already cut to the rows the read keeps) come back as they finish and are copied in.
     """
     started = time.perf_counter()
@@ -170,8 +208,10 @@ def build_window(
     spans = [plan.chunk_range(int(plan.unit_chunk[u])) for u in units]
     rows = [plan.unit_rows(u) for u in units]
     offsets = plan.unit_offsets[units[0] : units[-1] + 2] - plan.unit_offsets[units[0]]
-    buffers = [np.empty((size, *leaf.sample_shape), dtype=leaf.dtype) for leaf in inputs.leaves]
-    tasks, places, where = [], [], []
+    if storage is None or storage_rows(storage) < size:
+        storage = [np.empty((size, *leaf.sample_shape), dtype=leaf.dtype) for leaf in inputs.leaves]
+    buffers = [s[:size] for s in storage]
+    needed: dict[int, list] = {}
     for li, (leaf, source) in enumerate(zip(inputs.leaves, sources)):
         for k, ((start, stop), kept) in enumerate(zip(spans, rows)):
             at = int(offsets[k])
@@ -179,48 +219,38 @@ def build_window(
                 src = leaf.array[start:stop]
                 buffers[li][at : int(offsets[k + 1])] = src if kept is None else src[kept]
                 continue
-            where.append((li, k))
-            for block, pos, block_rows in source.parts(start, stop, kept):
-                if shared_memory:
-                    tasks.append(dask.delayed(_write, pure=False)(buffers[li], at + pos, block, block_rows))
-                else:
-                    tasks.append(dask.delayed(_select, pure=False)(block, block_rows))
-                    places.append((buffers[li], at + pos))
-    if tasks:
+            for key, pos, block_rows in source.parts(start, stop, kept):
+                needed.setdefault(li, []).append((key, at + pos, block_rows))
+    if needed:
         try:
-            if shared_memory:
-                dask.compute(*tasks, scheduler=scheduler)
+            if scheduler.shared_memory:
+                graph, outs = _window_graph(sources, needed, lambda li, key, at, r: (_write, buffers[li], at, key, r))
+                scheduler.get(graph, outs)
             else:
-                _gather_remote(tasks, places, scheduler)
+                graph, outs = _window_graph(sources, needed, lambda li, key, at, r: (_select, key, r))
+                places = [(buffers[li], at) for li, parts in needed.items() for _, at, _ in parts]
+                _gather_remote(graph, outs, places, scheduler)
         except Exception as err:
-            raise _locate_failure(inputs, sources, plan, window, units, spans, rows, where, scheduler, err) from err
-    return Window(window, buffers, plan.window_order(window), time.perf_counter() - started)
+            raise _locate_failure(inputs, sources, plan, window, units, spans, rows, scheduler, err) from err
+    return Window(window, buffers, storage, plan.window_order(window), time.perf_counter() - started)
 
 
-def _gather_remote(tasks: list, places: list, scheduler: Any) -> None:
-    """Compute blocks on a scheduler in other processes and copy each into place as it arrives."""
-    client = scheduler if hasattr(scheduler, "compute") and hasattr(scheduler, "gather") else None
-    if client is None and scheduler is None:
-        try:
-            from distributed import default_client
-
-            client = default_client()
-        except (ImportError, ValueError):
-            client = None
-    if client is not None:
-        from distributed import as_completed
-
-        futures = client.compute(tasks)
-        index = {f.key: i for i, f in enumerate(futures)}
-        try:
-            for future, value in as_completed(futures, with_results=True):
-                buffer, at = places[index[future.key]]
-                buffer[at : at + len(value)] = value
-        finally:
-            client.cancel(futures)
+def _gather_remote(graph: dict, outs: list, places: list, scheduler: Scheduler) -> None:
+    """Compute blocks in other processes and copy each into place as it arrives."""
+    if scheduler.client is None:
+        for value, (buffer, at) in zip(scheduler.get(graph, outs), places):
+            buffer[at : at + len(value)] = value
         return
-    for value, (buffer, at) in zip(dask.compute(*tasks, scheduler=scheduler), places):
-        buffer[at : at + len(value)] = value
+    from distributed import as_completed
+
+    futures = scheduler.client.get(graph, outs, sync=False)
+    index = {f.key: i for i, f in enumerate(futures)}
+    try:
+        for future, value in as_completed(futures, with_results=True):
+            buffer, at = places[index[future.key]]
+            buffer[at : at + len(value)] = value
+    finally:
+        scheduler.client.cancel(futures)
 
 
 def _locate_failure(
@@ -231,34 +261,33 @@ def _locate_failure(
     units: list[int],
     spans: list[tuple[int, int]],
     rows: list,
-    where: list[tuple[int, int]],
-    scheduler: Any,
+    scheduler: Scheduler,
     err: Exception,
 ) -> ChunkReadError:
     """Find the array and chunk whose computation failed, by computing them one at a time."""
-    for li, k in where:
-        leaf = inputs.leaves[li]
-        (start, stop), kept = spans[k], rows[k]
-        try:
-            parts = sources[li].parts(start, stop, kept)
-            dask.compute(*[dask.delayed(_select, pure=False)(b, r) for b, _, r in parts], scheduler=scheduler)
-        except Exception as one:
-            chunk = int(plan.unit_chunk[units[k]])
-            return ChunkReadError(
-                f"reading array {leaf.name} chunk {chunk} (samples {start}-{stop - 1}) failed: "
-                f"{type(one).__name__}: {one}",
-                array=leaf.name,
-                chunk=chunk,
-                samples=(start, stop),
-            )
-    li, k = where[0]
-    chunk = int(plan.unit_chunk[units[k]])
+    lazy = [li for li, source in enumerate(sources) if source is not None]
+    for k, ((start, stop), kept) in enumerate(zip(spans, rows)):
+        for li in lazy:
+            parts = [(key, pos, r) for key, pos, r in sources[li].parts(start, stop, kept)]
+            graph, outs = _window_graph(sources, {li: parts}, lambda _li, key, _at, r: (_select, key, r))
+            try:
+                scheduler.get(graph, outs)
+            except Exception as one:
+                chunk = int(plan.unit_chunk[units[k]])
+                name = inputs.leaves[li].name
+                return ChunkReadError(
+                    f"reading array {name} chunk {chunk} (samples {start}-{stop - 1}) failed: "
+                    f"{type(one).__name__}: {one}",
+                    array=name,
+                    chunk=chunk,
+                    samples=(start, stop),
+                )
     chunks = sorted({int(plan.unit_chunk[u]) for u in units})
     return ChunkReadError(
         f"computing window {window} of epoch {plan.epoch} (chunks {chunks}) failed with "
         f"{type(err).__name__}: {err}; computed again one chunk at a time, every chunk succeeded, so the "
         "failure did not repeat",
-        array=inputs.leaves[li].name,
-        chunk=chunk,
-        samples=spans[k],
+        array=inputs.leaves[lazy[0]].name,
+        chunk=chunks[0],
+        samples=spans[0],
     )

@@ -24,7 +24,7 @@ def test_local_cluster_gives_the_same_batches(xy_store):
             assert remote.stats["windows_computed"] >= 2
         # A default client (scheduler=None) is found as well.
         with daskfeed.Loader(arrays["x"], arrays["y"], **kwargs) as default:
-            assert not default._shared_memory
+            assert not default._scheduler.shared_memory
             np.testing.assert_array_equal(default.batch(3)[1], expected[3][1])
     for (x, y), (ex, ey) in zip(got, expected):
         np.testing.assert_array_equal(x, ex)
