@@ -101,6 +101,7 @@ class _State:
             "wait_s": 0.0,
             "compute_s": 0.0,
             "peak_window_bytes": 0,
+            "stalls": 0,
         }
 
 
@@ -235,7 +236,10 @@ class Loader:
     @property
     def stats(self) -> dict[str, float]:
         """Counters since creation: windows computed, batches and samples served, seconds the consumer waited
-        and the windows took to compute, and the most bytes of windows held at once (``peak_window_bytes``)."""
+        and the windows took to compute, the most bytes of windows held at once (``peak_window_bytes``), and
+        ``stalls``: how often a batch found its window not yet computed. A training step slower than the
+        loader stalls once an epoch at most (on the first window), or not at all once the next epoch's first
+        window is prefetched."""
         state = self._state_obj
         if state is not None:
             with state.cond:
@@ -387,6 +391,8 @@ class Loader:
                     break
                 state.cond.wait()
             entry = state.entries[key]
+            if not entry.future.done():
+                state.stats["stalls"] += 1
             entry.pins += 1
             state.tick += 1
             entry.last_use = state.tick

@@ -24,6 +24,43 @@ def test_open_zarr_group_path_and_array(xy_store):
     assert sorted(daskfeed.open_zarr(group)) == ["x", "y"]
 
 
+@pytest.fixture
+def http_root(tmp_path):
+    """A real HTTP server on 127.0.0.1 serving ``tmp_path``, stopped when the test ends."""
+    import functools
+    import http.server
+    import socketserver
+    import threading
+
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+    server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), functools.partial(Quiet, directory=str(tmp_path)))
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+    thread.join()
+
+
+def test_open_zarr_over_http(tmp_path, http_root):
+    pytest.importorskip("aiohttp")
+    x = np.arange(300, dtype="i4").reshape(100, 3)
+    write_store(tmp_path / "remote.zarr", {"x": x, "y": np.arange(100)}, {"x": 30, "y": 50})
+    arrays = daskfeed.open_zarr(f"{http_root}/remote.zarr")
+    assert sorted(arrays) == ["x", "y"] and arrays["x"].chunks[0] == (30, 30, 30, 10)
+    one = daskfeed.open_zarr(f"{http_root}/remote.zarr/x", storage_options={"block_size": 0})
+    with daskfeed.Loader(one, arrays["y"], batch_size=16, seed=0) as loader:
+        rows = np.concatenate([b[1] for b in loader])
+        xs = np.concatenate([loader.batch(i, 0)[0] for i in range(len(loader))])
+    assert np.array_equal(np.sort(rows), np.arange(100))
+    np.testing.assert_array_equal(xs[:, 0], rows * 3)
+    with pytest.raises(daskfeed.StoreError, match="is not a zarr store"):
+        daskfeed.open_zarr(f"{http_root}/nothing-here.zarr")
+
+
 def test_open_zarr_nested_group(tmp_path):
     root = zarr.open_group(str(tmp_path / "n.zarr"), mode="w")
     root.create_group("inputs").create_array("image", data=np.zeros((4, 2), "u1"), chunks=(2, 2))

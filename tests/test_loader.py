@@ -263,6 +263,35 @@ def test_threads_are_named_and_end_when_idle(xy_store):
     loader.close()
 
 
+def test_a_slow_step_never_waits_after_the_first_window(tmp_path):
+    """With a step slower than the loader, only the very first window is waited for."""
+    import time
+
+    n = 6000
+    path = write_store(tmp_path / "s.zarr", {"x": np.zeros((n, 8), "f4"), "y": np.arange(n)}, {"x": 200, "y": 200})
+    arrays = daskfeed.open_zarr(path)
+    loader = daskfeed.Loader(arrays["x"], arrays["y"], batch_size=50, seed=0, memory_budget="60KB", reads_per_chunk=1)
+    assert loader.plan().n_windows >= 10
+    for _epoch in range(2):
+        for _ in loader:
+            time.sleep(0.02)  # the training step: 20 ms a batch, 160 ms a window; a window computes in far less
+    stats = loader.stats
+    loader.close()
+    assert stats["stalls"] == 1, stats  # epoch 1's first window was prefetched during epoch 0
+
+
+def test_interpreter_exit_with_an_open_loader_does_not_hang(xy_store):
+    code = (
+        "import daskfeed\n"
+        f"a = daskfeed.open_zarr({xy_store!r})\n"
+        "loader = daskfeed.Loader(a['x'], a['y'], batch_size=8, memory_budget='30KB')\n"
+        "loader.batch(0)\n"
+        "print('ok')\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr
+
+
 def test_pickle_drops_threads_and_keeps_batches(xy_store):
     arrays = daskfeed.open_zarr(xy_store)
     loader = daskfeed.Loader(arrays["x"], arrays["y"], batch_size=64, seed=9)
