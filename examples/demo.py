@@ -55,8 +55,8 @@ def main(argv: list[str] | None = None) -> dict:
     data_mb = (arrays["images"].nbytes + arrays["labels"].nbytes) / 1e6
     print(f"wrote {args.store}: {args.samples} samples, {data_mb:.0f} MB, in {time.perf_counter() - started:.1f}s")
 
-    # The lazy dask work (scaling to [0, 1]) runs per chunk, inside daskfeed's windows.
-    x = arrays["images"].astype("float32") / 255
+    # Windows hold uint8 (4x smaller than float32, so 4x more samples per window); the model scales.
+    x = arrays["images"]
     kwargs = dict(batch_size=args.batch_size, seed=0, memory_budget=args.memory_budget)
     if args.door == "sequence":
         data = daskfeed.as_sequence(x, arrays["labels"], **kwargs)
@@ -68,7 +68,8 @@ def main(argv: list[str] | None = None) -> dict:
     keras.utils.set_random_seed(0)
     model = keras.Sequential(
         [
-            keras.Input((32, 32, 3)),
+            keras.Input((32, 32, 3), dtype="uint8"),
+            keras.layers.Rescaling(1 / 255),
             keras.layers.Conv2D(8, 3, strides=2, activation="relu"),
             keras.layers.GlobalAveragePooling2D(),
             keras.layers.BatchNormalization(),
@@ -76,6 +77,7 @@ def main(argv: list[str] | None = None) -> dict:
         ]
     )
     model.compile(keras.optimizers.Adam(1e-2), "sparse_categorical_crossentropy", metrics=["accuracy"])
+    print(f"{data!r}" if args.door == "sequence" else f"as_dataset over {len(x)} samples")
     rss_before = peak_rss_mb()
     started = time.perf_counter()
     history = model.fit(data, epochs=args.epochs, verbose=2, **fit_kwargs)
