@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import itertools
 import os
+import queue
 import re
 import secrets
 import threading
@@ -25,6 +28,8 @@ __all__ = ["DEFAULT_MEMORY_BUDGET", "Loader", "parse_bytes"]
 
 #: 1 GiB: small enough for a laptop, large enough that a window holds dozens of typical chunks.
 DEFAULT_MEMORY_BUDGET = 2**30
+
+_iter_ids = itertools.count()
 
 _UNITS = {
     "": 1,
@@ -131,6 +136,9 @@ class Loader:
     ...     [b[1].tolist() for b in loader]
     [[0, 2, 4, 6], [8, 10, 12, 14], [16, 18]]
     """
+
+    #: Batches that iterating over a loader assembles ahead of the caller (outside the memory budget).
+    BATCHES_AHEAD = 4
 
     def __init__(
         self,
@@ -270,12 +278,41 @@ class Loader:
         return self.inputs.pack(self._fill(plan, int(index), int(index) + 1))
 
     def __iter__(self) -> Iterator[Any]:
-        """The batches of the current epoch in order, then move to the next epoch."""
+        """The batches of the current epoch in order, then move to the next epoch.
+
+        A thread of its own (``daskfeed-batches-N``) assembles up to :attr:`BATCHES_AHEAD` batches ahead, so
+        cutting batches overlaps the caller's training step; it ends with the loop, or when the loop is left.
+        """
         epoch = self.epoch
+        ahead: queue.Queue = queue.Queue(maxsize=self.BATCHES_AHEAD)
+        stop = threading.Event()
+
+        def produce() -> None:
+            try:
+                for i in range(self._n_batches):
+                    ahead.put(("batch", self.batch(i, epoch)))
+                    if stop.is_set():
+                        return
+                ahead.put(("end", None))
+            except BaseException as err:  # re-raised in the consumer
+                ahead.put(("error", err))
+
+        thread = threading.Thread(target=produce, name=f"daskfeed-batches-{next(_iter_ids)}", daemon=True)
+        thread.start()
         try:
-            for i in range(self._n_batches):
-                yield self.batch(i, epoch)
+            while True:
+                kind, value = ahead.get()
+                if kind == "end":
+                    break
+                if kind == "error":
+                    raise value
+                yield value
         finally:
+            stop.set()
+            while thread.is_alive():  # unblock a producer waiting on a full queue
+                with contextlib.suppress(queue.Empty):
+                    ahead.get(timeout=0.05)
+            thread.join()
             self._forget_epoch(epoch)
         self.epoch = epoch + 1
 
