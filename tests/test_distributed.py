@@ -29,3 +29,16 @@ def test_local_cluster_gives_the_same_batches(xy_store):
     for (x, y), (ex, ey) in zip(got, expected):
         np.testing.assert_array_equal(x, ex)
         np.testing.assert_array_equal(y, ey)
+
+
+def test_processes_scheduler_gathers_into_the_window(xy_store):
+    """dask's process pool shares no memory with the loader: blocks come back and are copied in."""
+    arrays = daskfeed.open_zarr(xy_store)
+    kwargs = dict(batch_size=100, seed=3, memory_budget="60KB", reads_per_chunk=2)
+    with daskfeed.Loader(arrays["x"], arrays["y"], scheduler="synchronous", **kwargs) as local:
+        expected = [local.batch(i)[1] for i in range(len(local))]
+    with daskfeed.Loader(arrays["x"], arrays["y"], scheduler="processes", **kwargs) as remote:
+        assert not remote._scheduler.shared_memory
+        got = [remote.batch(i)[1] for i in range(len(remote))]
+    for a, b in zip(got, expected):
+        np.testing.assert_array_equal(a, b)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import pathlib
+import sys
 
 import pytest
 
@@ -14,6 +15,7 @@ pytest.importorskip("keras")
 def load(relative: str):
     spec = importlib.util.spec_from_file_location(relative.replace("/", "_")[:-3], ROOT / relative)
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
     spec.loader.exec_module(module)
     return module
 
@@ -42,8 +44,18 @@ def test_demo_trains_streaming_within_a_small_budget(tmp_path, door, capsys):
     assert "samples/s" in capsys.readouterr().out
 
 
-def test_epoch_benchmark_quick(tmp_path, capsys):
-    bench = load("benchmarks/epoch.py")
-    rates = bench.main(["--store", str(tmp_path / "bench.zarr"), "--quick"])
-    assert len(rates) == 3 and all(rate > 0 for rate in rates.values())
-    assert "ratio to raw" in capsys.readouterr().out
+def test_benchmark_suite_quick(tmp_path, capsys):
+    """The suite at its smoke size: every way of reading runs and the three reports are written."""
+    pytest.importorskip("xbatcher")
+    pytest.importorskip("matplotlib")
+    run = load("benchmarks/run.py")
+    report = run.main(["--quick", "--store", str(tmp_path / "bench.zarr"), "--out", str(tmp_path / "results")])
+    names = [row["name"] for row in report["rows"]]
+    assert run.RAW in names and len(names) == 13
+    assert all(row["samples_per_s"] > 0 for row in report["rows"])
+    assert report["overlap"]["ratio_to_max"] > 0.5  # both can never beat max(step, loader) by much
+    assert report["memory"]["ran"] and report["memory"]["peak_window_mb"] <= report["memory"]["budget_mb"]
+    assert "too small to cap" in report["memory"]["larger_than_memory"]["why_not"]
+    for suffix in ("md", "json", "png"):
+        assert (tmp_path / "results" / f"quick.{suffix}").stat().st_size > 0
+    assert "| way of reading | samples/s |" in capsys.readouterr().out
