@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import math
 import os
 from collections.abc import Mapping
@@ -13,12 +14,31 @@ import numpy as np
 
 from daskfeed.errors import InputError, InputTypeError, StoreError
 
-__all__ = ["Inputs", "Leaf", "normalize_inputs", "open_zarr"]
+__all__ = ["Inputs", "Leaf", "normalize_inputs", "open_zarr", "zarr_behind"]
 
 #: Chunk length for inputs that are all in memory (numpy): about this many bytes per chunk.
 MEMORY_CHUNK_BYTES = 4 * 2**20
 # Kinds of numpy dtypes that TensorFlow takes as tensors: bool, ints, unsigned ints, floats, complex.
 _TENSOR_KINDS = "biufc"
+
+
+# The zarr array behind each dask array that daskfeed made with from_zarr, by dask name (the name changes with
+# any further dask work, so a hit means the dask array is exactly the zarr array). Bounded, oldest out first.
+_ZARR_BY_NAME: collections.OrderedDict[str, Any] = collections.OrderedDict()
+_ZARR_BY_NAME_MAX = 4096
+
+
+def _from_zarr(array: Any) -> da.Array:
+    out = da.from_zarr(array)
+    _ZARR_BY_NAME[out.name] = array
+    while len(_ZARR_BY_NAME) > _ZARR_BY_NAME_MAX:
+        _ZARR_BY_NAME.popitem(last=False)
+    return out
+
+
+def zarr_behind(array: da.Array) -> Any | None:
+    """The zarr array a dask array reads with nothing else on top, if daskfeed opened it; else None."""
+    return _ZARR_BY_NAME.get(array.name)
 
 
 def open_zarr(store: Any, *, storage_options: dict | None = None) -> dict[str, da.Array] | da.Array:
@@ -55,7 +75,7 @@ def open_zarr(store: Any, *, storage_options: dict | None = None) -> dict[str, d
     import zarr
 
     if isinstance(store, zarr.Array):
-        return da.from_zarr(store)
+        return _from_zarr(store)
     if isinstance(store, zarr.Group):
         group = store
     else:
@@ -74,12 +94,12 @@ def open_zarr(store: Any, *, storage_options: dict | None = None) -> dict[str, d
                 f"that zarr can read): {err}"
             ) from err
         if isinstance(node, zarr.Array):
-            return da.from_zarr(node)
+            return _from_zarr(node)
         group = node
-    arrays = {path: da.from_zarr(arr) for path, arr in group.arrays()}
+    arrays = {path: _from_zarr(arr) for path, arr in group.arrays()}
     for path, sub in group.groups():
         for name, arr in sub.arrays():
-            arrays[f"{path}/{name}"] = da.from_zarr(arr)
+            arrays[f"{path}/{name}"] = _from_zarr(arr)
     if not arrays:
         raise StoreError(f"zarr group {group.store_path} holds no array")
     return arrays
@@ -143,7 +163,7 @@ def _to_array(value: Any, name: str) -> Any:
     if isinstance(value, da.Array):
         return value
     if isinstance(value, zarr.Array):
-        return da.from_zarr(value)
+        return _from_zarr(value)
     if isinstance(value, np.ndarray):
         return value
     if type(value).__name__ == "DataArray" and hasattr(value, "dims"):  # xarray, without importing it

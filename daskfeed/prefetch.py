@@ -18,7 +18,7 @@ from dask.core import flatten
 from dask.optimization import cull
 
 from daskfeed.errors import ChunkReadError
-from daskfeed.inputs import Inputs
+from daskfeed.inputs import Inputs, zarr_behind
 from daskfeed.plan import EpochPlan
 
 __all__ = ["BlockSource", "Scheduler", "Window", "WorkerPool", "build_window", "storage_rows"]
@@ -118,13 +118,21 @@ class BlockSource:
     """
 
     def __init__(self, array: da.Array):
+        #: The zarr array itself when the dask array is exactly that array: read without a copy (_read_zarr).
+        self.zarr = zarr_behind(array)
         if any(len(c) > 1 for c in array.chunks[1:]):
             # One task per sample-axis block, so each block is computed once however the other axes are cut.
             array = array.rechunk({axis: -1 for axis in range(1, array.ndim)})
         (array,) = dask.optimize(array)
         self.graph = dict(array.__dask_graph__())
         self.keys = list(flatten(array.__dask_keys__()))
+        self._index = {key: b for b, key in enumerate(self.keys)}
         self.bounds = np.concatenate([[0], np.cumsum(array.chunks[0])]).astype(np.int64)
+
+    def block_range(self, key: Any) -> tuple[int, int]:
+        """The ``(start, stop)`` samples of the block with ``key``."""
+        b = self._index[key]
+        return int(self.bounds[b]), int(self.bounds[b + 1])
 
     def parts(self, start: int, stop: int, rows: np.ndarray | None) -> list[tuple[Any, int, np.ndarray | None]]:
         """``(block key, position in the read unit, block-local rows or None)`` for samples ``[start, stop)``."""
@@ -148,6 +156,17 @@ class BlockSource:
 def _write(buffer: np.ndarray, at: int, block: np.ndarray, rows: np.ndarray | None) -> None:
     data = block if rows is None else block[rows]
     buffer[at : at + len(data)] = data
+
+
+def _read_zarr(array: Any, lo: int, hi: int, buffer: np.ndarray, at: int, rows: np.ndarray | None) -> None:
+    """Decode samples ``[lo, hi)`` of a zarr array straight into the window's buffer (one copy fewer)."""
+    if rows is not None:
+        _write(buffer, at, array[lo:hi], rows)
+        return
+    from zarr.core.buffer import default_buffer_prototype
+
+    out = default_buffer_prototype().nd_buffer.from_numpy_array(buffer[at : at + hi - lo])
+    array.get_basic_selection(slice(lo, hi), out=out)
 
 
 def _select(block: np.ndarray, rows: np.ndarray | None) -> np.ndarray:
@@ -224,7 +243,17 @@ def build_window(
     if needed:
         try:
             if scheduler.shared_memory:
-                graph, outs = _window_graph(sources, needed, lambda li, key, at, r: (_write, buffers[li], at, key, r))
+                through_dask = {li: parts for li, parts in needed.items() if sources[li].zarr is None}
+                graph, outs = _window_graph(
+                    sources, through_dask, lambda li, key, at, r: (_write, buffers[li], at, key, r)
+                )
+                token = next(_graph_ids)
+                for li in needed.keys() - through_dask.keys():  # exactly a zarr array: no graph to cull
+                    source = sources[li]
+                    for i, (key, at, r) in enumerate(needed[li]):
+                        out = (f"daskfeed-zarr-{token}", li, i)
+                        graph[out] = (_read_zarr, source.zarr, *source.block_range(key), buffers[li], at, r)
+                        outs.append(out)
                 scheduler.get(graph, outs)
             else:
                 graph, outs = _window_graph(sources, needed, lambda li, key, at, r: (_select, key, r))

@@ -366,3 +366,21 @@ def test_import_daskfeed_does_not_import_tensorflow_or_keras():
     code = "import sys, daskfeed; bad = [m for m in ('tensorflow', 'keras') if m in sys.modules]; print(bad)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_zarr_arrays_are_read_straight_into_windows_and_give_the_same_batches(xy_store):
+    from daskfeed.prefetch import BlockSource
+
+    arrays = daskfeed.open_zarr(xy_store)
+    assert BlockSource(arrays["x"]).zarr is not None  # exactly a zarr array: decoded into the window buffer
+    assert BlockSource(arrays["x"] * 1).zarr is None  # any dask work on top goes through the graph
+    assert BlockSource(da.from_array(np.zeros((4, 2)), chunks=2)).zarr is None
+    for reads in (1, 3):
+        kwargs = dict(batch_size=64, seed=8, memory_budget="60KB", reads_per_chunk=reads)
+        with (
+            daskfeed.Loader(arrays["x"], arrays["y"], **kwargs) as direct,
+            daskfeed.Loader(arrays["x"] * 1, arrays["y"] + 0, **kwargs) as through_dask,
+        ):
+            for i in range(len(direct)):
+                for a, b in zip(direct.batch(i), through_dask.batch(i)):
+                    np.testing.assert_array_equal(a, b)
