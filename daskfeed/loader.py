@@ -180,12 +180,6 @@ class Loader:
         #: Bytes one sample takes in a window: every array's row plus its place in the serving order.
         self.bytes_per_sample = self.inputs.bytes_per_sample + (np.dtype(np.intp).itemsize if shuffle else 0)
         shard_t = (0, 1) if shard is None else (int(shard[0]), int(shard[1]))
-        n_chunks = len(bounds) - 1
-        if shard_t[1] > n_chunks:
-            raise InputError(
-                f"shard={shard!r} asks for {shard_t[1]} shards but the arrays have only {n_chunks} chunks on "
-                "the sample axis; shards are made of whole chunks, so use at most that many."
-            )
         self.layout: Layout = choose_layout(
             np.diff(bounds),
             bytes_per_sample=self.bytes_per_sample,

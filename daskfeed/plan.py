@@ -17,7 +17,6 @@ __all__ = [
     "Layout",
     "PlanConfig",
     "choose_layout",
-    "make_plan",
     "shard_chunks",
 ]
 
@@ -291,8 +290,3 @@ class EpochPlan:
         flat = np.concatenate(parts)
         order = self.window_order(window)
         return flat if order is None else flat[order]
-
-
-def make_plan(config: PlanConfig, epoch: int) -> EpochPlan:
-    """The plan of ``epoch``; the same config and epoch always give the same plan."""
-    return EpochPlan(config, epoch)
