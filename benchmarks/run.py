@@ -131,6 +131,8 @@ def fit_rate(model, data, epochs: int, **kwargs) -> float:
 def run_all(bench: Bench) -> None:
     import tensorflow as tf
 
+    from daskfeed.tf import dataset_from_loader
+
     args, n, bs = bench.args, bench.n, bench.batch
     zx, zy, arrays = bench.zx, bench.zy, bench.arrays
     chunk = zx.chunks[0]
@@ -237,7 +239,10 @@ def run_all(bench: Bench) -> None:
             note=f"reads_per_chunk={r}; epochs after the first; first epoch {first:,.0f}/s",
         )
         seq.close()
-        ds = daskfeed.as_dataset(arrays["x"], arrays["y"], **kwargs)
+        # as_dataset, built from a Loader this script can close: a loader left open goes on prefetching its next
+        # epoch, and would take CPU from the measurements after it.
+        loader = daskfeed.Loader(arrays["x"], arrays["y"], **kwargs)
+        ds = dataset_from_loader(loader)
         counter = tf.function(lambda ds=ds: count_batches(ds))
         started = time.perf_counter()
         int(counter())
@@ -247,6 +252,7 @@ def run_all(bench: Bench) -> None:
             lambda counter=counter: int(counter()),
             note=f"reads_per_chunk={r}; graph mode (Dataset.reduce); first epoch {first:,.0f}/s",
         )
+        loader.close()
 
     print("8. model.fit end to end", flush=True)
     epochs = 2
@@ -258,11 +264,12 @@ def run_all(bench: Bench) -> None:
     seconds = [fit_rate(tiny_model(), seq, epochs, shuffle=False) for _ in range(args.repeats)]
     bench.rows.append(_row("model.fit through daskfeed as_sequence, reads_per_chunk=1", n, seconds, bench))
     seq.close()
-    ds = daskfeed.as_dataset(
+    loader = daskfeed.Loader(
         arrays["x"], arrays["y"], batch_size=bs, memory_budget=args.memory_budget, reads_per_chunk=1, seed=0
     )
-    seconds = [fit_rate(tiny_model(), ds, epochs) for _ in range(args.repeats)]
+    seconds = [fit_rate(tiny_model(), dataset_from_loader(loader), epochs) for _ in range(args.repeats)]
     bench.rows.append(_row("model.fit through daskfeed as_dataset, reads_per_chunk=1", n, seconds, bench))
+    loader.close()
     for row in bench.rows[-3:]:
         print(f"  {row.name}: {row.samples_per_s:,.0f} samples/s", flush=True)
     del x_np, y_np

@@ -194,3 +194,14 @@ def test_keras_peek_then_epoch_is_in_order_even_with_tiny_windows(blobs):
         warnings.simplefilter("error")
         small_model().fit(seq, epochs=2, shuffle=False, verbose=0)
     seq.close()
+
+
+def test_a_dataset_from_a_loader_you_close(blobs):
+    """The README's way to close an as_dataset loader: make the Loader, fit, leave the with block."""
+    from daskfeed.tf import dataset_from_loader
+
+    with daskfeed.Loader(blobs["x"], blobs["y"], batch_size=64, seed=0, memory_budget="40KB") as loader:
+        small_model().fit(dataset_from_loader(loader), epochs=2, verbose=0)
+        assert loader.epoch == 1  # the second iteration was epoch 1
+    assert join_daskfeed_threads() == []
+    assert loader.stats["batches"] == 2 * len(loader)
