@@ -161,34 +161,23 @@ def test_plan_memory_is_o_chunks_not_o_samples():
 
 
 def test_layout_reads_more_when_a_window_holds_few_chunks():
-    lengths = np.full(100, 1000)
-    big = choose_layout(
-        lengths, bytes_per_sample=10, batch_size=32, memory_budget=10**9, reads_per_chunk="auto", shuffle=True
-    )
-    assert big.reads_per_chunk == 1  # a window holds far more than MIX_TARGET chunks
-    small = choose_layout(
-        lengths,
-        bytes_per_sample=10,
-        batch_size=32,
-        memory_budget=SLOTS * 10 * 2000,
-        reads_per_chunk="auto",
-        shuffle=True,
-    )
+    def layout(budget, reads="auto", batch_size=32):
+        lengths = np.full(100, 1000)
+        return choose_layout(
+            lengths,
+            bytes_per_sample=10,
+            batch_size=batch_size,
+            memory_budget=budget,
+            reads_per_chunk=reads,
+            shuffle=True,
+        )
+
+    assert layout(10**9).reads_per_chunk == 1  # a window holds far more than MIX_TARGET chunks
+    small = layout(SLOTS * 10 * 2000)
     assert small.reads_per_chunk == 16  # 2 chunks per window -> 32 / 2 reads each
     assert small.window_samples == 2000
-    fixed = choose_layout(
-        lengths, bytes_per_sample=10, batch_size=32, memory_budget=10**9, reads_per_chunk=3, shuffle=True
-    )
-    assert fixed.reads_per_chunk == 3
-    capped = choose_layout(
-        lengths,
-        bytes_per_sample=10,
-        batch_size=1,
-        memory_budget=SLOTS * 10 * 1001,
-        reads_per_chunk="auto",
-        shuffle=True,
-    )
-    assert capped.reads_per_chunk == min(MAX_AUTO_READS, MIX_TARGET)
+    assert layout(10**9, reads=3).reads_per_chunk == 3
+    assert layout(SLOTS * 10 * 1001, batch_size=1).reads_per_chunk == min(MAX_AUTO_READS, MIX_TARGET)
 
 
 @pytest.mark.parametrize("reads", [1, 4, "auto"])
