@@ -99,15 +99,19 @@ class _State:
         self.sources: list[BlockSource | None] | None = None
         #: Storage of windows let go, kept for the next window; with the live windows, at most SLOTS.
         self.spare: list[list[np.ndarray]] = []
-        self.stats = {
-            "windows_computed": 0,
-            "batches": 0,
-            "samples": 0,
-            "wait_s": 0.0,
-            "compute_s": 0.0,
-            "peak_window_bytes": 0,
-            "stalls": 0,
-        }
+        self.stats = _zero_stats()
+
+
+def _zero_stats() -> dict[str, float]:
+    return {
+        "windows_computed": 0,
+        "batches": 0,
+        "samples": 0,
+        "wait_s": 0.0,
+        "compute_s": 0.0,
+        "peak_window_bytes": 0,
+        "stalls": 0,
+    }
 
 
 def _shutdown(state: _State) -> None:
@@ -246,7 +250,7 @@ class Loader:
         if state is not None:
             with state.cond:
                 return dict(state.stats)
-        return dict(self._final_stats) if self._final_stats is not None else dict(_State().stats)
+        return dict(self._final_stats) if self._final_stats is not None else _zero_stats()
 
     def plan(self, epoch: int | None = None) -> EpochPlan:
         """The plan of ``epoch`` (default: the current one)."""
@@ -510,7 +514,7 @@ class Loader:
             if entry.future.done() and entry.future.exception() is not None:
                 # A failed window gives its slot back; asking again computes it again.
                 if current:
-                    state.entries.pop(key)
+                    self._drop(state, key)
             elif served is not None:
                 entry.served.update(served)
                 if entry.pins == 0 and len(entry.served) >= len(plan.batches_of(window)):
