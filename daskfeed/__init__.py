@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from daskfeed._bench import BenchResult, bench
+from daskfeed._info import StoreInfo, info
+from daskfeed._ingest import IngestReport, ingest
 from daskfeed.errors import (
     ChunkReadError,
     DaskfeedError,
@@ -19,16 +22,22 @@ __version__ = "0.1.0"
 
 __all__ = [
     "DEFAULT_MEMORY_BUDGET",
+    "BenchResult",
     "ChunkReadError",
     "DaskfeedError",
+    "IngestReport",
     "InputError",
     "InputTypeError",
     "Loader",
     "MemoryBudgetError",
     "StoreError",
+    "StoreInfo",
     "__version__",
     "as_dataset",
     "as_sequence",
+    "bench",
+    "info",
+    "ingest",
     "open_zarr",
     "parse_bytes",
 ]

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from daskfeed.errors import DaskfeedError, InputError, InputTypeError, MemoryBudgetError
-from daskfeed.inputs import Inputs, normalize_inputs
+from daskfeed.inputs import Inputs, normalize_inputs, zarr_behind
 from daskfeed.plan import SLOTS, EpochPlan, Layout, PlanConfig, choose_layout, format_bytes
 from daskfeed.prefetch import BlockSource, Scheduler, Window, WorkerPool, build_window, storage_rows
 
@@ -100,6 +100,19 @@ class _State:
         #: Storage of windows let go, kept for the next window; with the live windows, at most SLOTS.
         self.spare: list[list[np.ndarray]] = []
         self.stats = _zero_stats()
+
+
+def _written_shuffled(inputs: Inputs) -> bool:
+    """True when every lazy array is a zarr array that ``daskfeed ingest --shuffle`` wrote in random order."""
+    lazy = [leaf for leaf in inputs.leaves if leaf.lazy]
+    if not lazy:
+        return False
+    for leaf in lazy:
+        array = zarr_behind(leaf.array)
+        mark = array.attrs.get("daskfeed") if array is not None else None
+        if not (isinstance(mark, dict) and mark.get("shuffled") is True):
+            return False
+    return True
 
 
 def _zero_stats() -> dict[str, float]:
@@ -191,6 +204,7 @@ class Loader:
             memory_budget=budget,
             reads_per_chunk=reads_per_chunk,
             shuffle=bool(shuffle),
+            mixed=_written_shuffled(self.inputs),
         )
         self.config = PlanConfig(
             chunk_bounds=bounds,

@@ -55,6 +55,7 @@ def choose_layout(
     memory_budget: int,
     reads_per_chunk: int | str,
     shuffle: bool,
+    mixed: bool = False,
 ) -> Layout:
     """Pick the read count and the window size that fit ``memory_budget``.
 
@@ -94,6 +95,8 @@ def choose_layout(
     fitting = next((r for r in range(1, limit + 1) if fits(r)), None)
     if fitting is None:
         raise too_small(limit, f" (reads_per_chunk='auto' reads a chunk at most {limit}x)")
+    if mixed:  # written in a random order (daskfeed ingest --shuffle): any chunks already mix well
+        return Layout(fitting, cap)
     # How many read units a window holds at one read per chunk; below MIX_TARGET, read chunks more often.
     units_per_window = cap / (n / len(lengths))
     mixing = 1 if units_per_window >= MIX_TARGET else math.ceil(MIX_TARGET / max(units_per_window, 1e-9))

@@ -1,0 +1,215 @@
+"""bench: daskfeed's samples/s on a user's own store, against reading its chunks in order."""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from daskfeed.errors import InputError, StoreError
+from daskfeed.loader import DEFAULT_MEMORY_BUDGET, Loader
+
+__all__ = ["BenchResult", "bench"]
+
+#: Samples measured per way of reading when ``samples`` is not given (or the whole store, if smaller).
+DEFAULT_SAMPLES = 100_000
+#: The run with a simulated training step lasts about this long at most.
+STEP_RUN_SECONDS = 10.0
+#: A step waits for data when the loop runs this much slower than the steps alone.
+WAIT_TOLERANCE = 0.05
+
+
+@dataclass(frozen=True)
+class BenchResult:
+    """What :func:`bench` measured; ``str()`` of it is the report ``daskfeed bench`` prints."""
+
+    store: str
+    arrays: tuple[str, ...]
+    samples: int
+    batch_size: int
+    reads_per_chunk: int
+    in_order_samples_per_s: float
+    daskfeed_samples_per_s: float
+    step_ms: float | None = None
+    step_batches: int = 0
+    step_wall_ms_per_batch: float = 0.0
+
+    @property
+    def ratio(self) -> float:
+        """daskfeed's shuffled samples/s over the in-order chunk read."""
+        return self.daskfeed_samples_per_s / self.in_order_samples_per_s
+
+    @property
+    def loader_ms_per_batch(self) -> float:
+        """How long the loader takes to deliver one batch when nothing else runs."""
+        return 1000 * self.batch_size / self.daskfeed_samples_per_s
+
+    @property
+    def wait_ms_per_batch(self) -> float | None:
+        """With the simulated step: how long each step waited for its batch, on average."""
+        return None if self.step_ms is None else max(0.0, self.step_wall_ms_per_batch - self.step_ms)
+
+    @property
+    def input_bound(self) -> bool | None:
+        """With the simulated step: whether steps of ``step_ms`` waited for data (more than 5% slower)."""
+        if self.step_ms is None:
+            return None
+        return self.step_wall_ms_per_batch > (1 + WAIT_TOLERANCE) * self.step_ms
+
+    def __str__(self) -> str:
+        lines = [
+            f"store {self.store}: arrays {', '.join(self.arrays)}; {self.samples:,} samples per measurement, "
+            f"batch_size {self.batch_size}",
+            f"  chunks read in order (zarr, one thread)  {self.in_order_samples_per_s:>12,.0f} samples/s",
+            f"  daskfeed, shuffled (reads_per_chunk={self.reads_per_chunk})    "
+            f"{self.daskfeed_samples_per_s:>12,.0f} samples/s  ({self.ratio:.2f}x in order)",
+            f"  daskfeed delivers a batch every {self.loader_ms_per_batch:.2f} ms",
+        ]
+        if self.step_ms is not None:
+            verdict = (
+                f"WAITS for data: {self.wait_ms_per_batch:.2f} ms per step ({self.step_batches} steps measured)."
+                " The loader is the bottleneck: raise the batch size, use a larger memory_budget, store chunks "
+                "that decode faster (lz4, or no compression), or run on a dask cluster"
+                if self.input_bound
+                else f"does not wait for data ({self.step_wall_ms_per_batch:.2f} ms per step measured over "
+                f"{self.step_batches} steps): training is compute-bound"
+            )
+            lines.append(f"  a training step of {self.step_ms:g} ms per batch {verdict}")
+        return "\n".join(lines)
+
+
+def _zarr_arrays(store: Any) -> tuple[str, dict[str, Any]]:
+    import zarr
+
+    from daskfeed.inputs import open_zarr, zarr_behind
+
+    opened = open_zarr(store)
+    where = str(store.store_path) if isinstance(store, zarr.Group) else str(store)
+    if not isinstance(opened, dict):
+        opened = {"x": opened}
+    return where, {name: (arr, zarr_behind(arr)) for name, arr in opened.items()}
+
+
+def bench(
+    store: Any,
+    *,
+    batch_size: int = 128,
+    step_ms: float | None = None,
+    samples: int | None = None,
+    memory_budget: int | str = DEFAULT_MEMORY_BUDGET,
+    reads_per_chunk: int | str = "auto",
+    arrays: list[str] | None = None,
+    seed: int = 0,
+) -> BenchResult:
+    """Measure daskfeed on your own store, and whether a training step would wait for data.
+
+    Three measurements, in one process: (1) reading the store's chunks in order with zarr, one thread, the
+    baseline every hand-written loader is bounded by; (2) daskfeed's shuffled batches, as fast as they come;
+    (3) with ``step_ms``, daskfeed's batches with a simulated training step of ``step_ms`` per batch (a sleep,
+    which releases the GIL the way TensorFlow's ops do), to see whether the step waits for its data.
+
+    Parameters
+    ----------
+    store : str, os.PathLike or zarr.Group
+        The zarr store; every array of the same length as the first feeds the loader (see ``arrays``).
+    batch_size : int, default 128
+    step_ms : float, optional
+        Milliseconds one training step takes per batch (Keras prints it in ``fit``'s progress bar).
+    samples : int, optional
+        Samples per measurement; default 100,000 or the whole store if smaller.
+    memory_budget, reads_per_chunk
+        As for :class:`daskfeed.Loader`.
+    arrays : list of str, optional
+        Names of the arrays to read; default all arrays of the first array's length.
+    seed : int, default 0
+
+    Returns
+    -------
+    BenchResult
+    """
+    if step_ms is not None and (not isinstance(step_ms, (int, float)) or isinstance(step_ms, bool) or step_ms <= 0):
+        raise InputError(f"step_ms must be a positive number of milliseconds, got {step_ms!r}")
+    if samples is not None and (not isinstance(samples, (int, np.integer)) or isinstance(samples, bool) or samples < 1):
+        raise InputError(f"samples must be a positive int, got {samples!r}")
+    where, found = _zarr_arrays(store)
+    if arrays is not None:
+        missing = [a for a in arrays if a not in found]
+        if missing:
+            raise StoreError(f"store {where!r} has no array {missing[0]!r}; it has {', '.join(found)}")
+        chosen = {a: found[a] for a in arrays}
+    else:
+        first = next(iter(found.values()))[0].shape[0]
+        chosen = {k: v for k, v in found.items() if v[0].shape[0] == first}
+    n = next(iter(chosen.values()))[0].shape[0]
+    count = min(n, samples or DEFAULT_SAMPLES)
+
+    # (1) chunks in order, with zarr, as a hand-written loader at its best reads them
+    started = time.perf_counter()
+    for arr, z in chosen.values():
+        ends = np.cumsum(arr.chunks[0])
+        last = int(np.searchsorted(ends, count))  # the chunk that holds sample count - 1
+        for start, stop in zip((0, *ends[:last]), ends[: last + 1]):
+            if z is not None:
+                z[int(start) : int(stop)]
+            else:
+                arr[int(start) : int(stop)].compute()
+    done = count
+    in_order = done / (time.perf_counter() - started)
+
+    x = {name: arr for name, (arr, _) in chosen.items()}
+    kwargs = dict(batch_size=batch_size, memory_budget=memory_budget, reads_per_chunk=reads_per_chunk)
+
+    # (2) daskfeed, shuffled, nothing else running
+    with Loader(x, seed=seed, **kwargs) as loader:
+        started = time.perf_counter()
+        done = _consume(loader, count)
+        rate = done / (time.perf_counter() - started)
+        reads = loader.reads_per_chunk
+
+    # (3) the same with a training step of step_ms per batch
+    step_batches, wall_per_batch = 0, 0.0
+    if step_ms is not None:
+        step_batches = max(2, min(math.ceil(count / batch_size), math.ceil(STEP_RUN_SECONDS * 1000 / step_ms)))
+        with Loader(x, seed=seed + 1, **kwargs) as loader:
+            it = iter(loader)
+            next(it)  # the first window is a start-up cost, paid once per run, not per step
+            started = time.perf_counter()
+            taken = 0
+            for _ in range(step_batches):
+                try:
+                    next(it)
+                except StopIteration:
+                    it = iter(loader)
+                    next(it)
+                time.sleep(step_ms / 1000)
+                taken += 1
+            wall_per_batch = 1000 * (time.perf_counter() - started) / taken
+            it.close()
+    return BenchResult(
+        store=where,
+        arrays=tuple(chosen),
+        samples=count,
+        batch_size=batch_size,
+        reads_per_chunk=reads,
+        in_order_samples_per_s=in_order,
+        daskfeed_samples_per_s=rate,
+        step_ms=step_ms,
+        step_batches=step_batches,
+        step_wall_ms_per_batch=wall_per_batch,
+    )
+
+
+def _consume(loader: Loader, count: int) -> int:
+    done = 0
+    it = iter(loader)
+    try:
+        for batch in it:
+            done += len(next(iter(batch.values())))
+            if done >= count:
+                break
+    finally:
+        it.close()
+    return done

@@ -1,0 +1,266 @@
+"""info: what a zarr store holds, and what in its layout will make training slow or badly mixed."""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from daskfeed.errors import InputError, StoreError
+from daskfeed.loader import DEFAULT_MEMORY_BUDGET
+from daskfeed.plan import MIX_TARGET, SLOTS, format_bytes
+
+__all__ = ["ArrayInfo", "StoreInfo", "info"]
+
+#: Below this many decoded bytes a chunk costs more in per-read overhead than in decoding.
+SMALL_CHUNK_BYTES = 256 * 2**10
+#: Above this, a few chunks fill a window of the default memory budget and mixing needs repeated reads.
+LARGE_CHUNK_BYTES = 64 * 2**20
+#: A label array whose chunks differ from the whole by this much (mean total variation distance) is sorted.
+SORTED_DISTANCE = 0.3
+#: Chunks read to check the labels, spread evenly over the sample axis.
+LABEL_CHUNKS = 64
+
+
+@dataclass(frozen=True)
+class ArrayInfo:
+    """One array of a store."""
+
+    name: str
+    shape: tuple[int, ...]
+    dtype: str
+    chunks: tuple[int, ...]
+    decoded_bytes: int
+    stored_bytes: int
+    compressors: str
+
+    @property
+    def ratio(self) -> float:
+        """Compression ratio: decoded bytes per stored byte."""
+        return self.decoded_bytes / max(self.stored_bytes, 1)
+
+    @property
+    def chunk_bytes(self) -> int:
+        return np.dtype(self.dtype).itemsize * math.prod(self.chunks)
+
+
+@dataclass(frozen=True)
+class StoreInfo:
+    """What :func:`info` found: the arrays, the store's attributes, and warnings with what to do about them."""
+
+    store: str
+    arrays: list[ArrayInfo]
+    attrs: dict = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+    label_mixing: dict[str, float] = field(default_factory=dict)
+
+    def __str__(self) -> str:
+        rows = [("array", "shape", "dtype", "chunks", "decoded", "stored", "ratio", "compression")]
+        for a in self.arrays:
+            rows.append(
+                (
+                    a.name,
+                    str(a.shape),
+                    a.dtype,
+                    str(a.chunks),
+                    format_bytes(a.decoded_bytes),
+                    format_bytes(a.stored_bytes),
+                    f"{a.ratio:.2f}x",
+                    a.compressors,
+                )
+            )
+        widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+        lines = [f"store {self.store}"]
+        lines += ["  " + "  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
+        ingest = self.attrs.get("daskfeed")
+        if isinstance(ingest, dict):
+            order = f"shuffled (seed {ingest.get('seed')})" if ingest.get("shuffled") else "in source order"
+            lines.append(f"written by daskfeed ingest, {order}")
+        if "class_names" in self.attrs:
+            lines.append(f"class_names: {self.attrs['class_names']}")
+        for name, distance in self.label_mixing.items():
+            lines.append(
+                f"labels {name!r}: chunks differ from the whole by {distance:.2f} (total variation; "
+                f"0 = every chunk has the overall class mix, 1 = each chunk holds other classes)"
+            )
+        lines += [f"warning: {w}" for w in self.warnings] or ["no warning"]
+        return "\n".join(lines)
+
+
+def _codecs(array: Any) -> str:
+    names = []
+    for codec in tuple(array.compressors):
+        cname = getattr(codec, "cname", None)
+        label = type(codec).__name__.removesuffix("Codec").lower()
+        names.append(f"{label}-{getattr(cname, 'value', cname)}" if cname is not None else label)
+    return "+".join(names) or "none"
+
+
+def _label_distance(array: Any, chunk: int) -> float | None:
+    """Mean total variation distance between each sampled chunk's class mix and the mix over all of them.
+
+    None when the array does not look like class labels (not integer/bool, or too many distinct values).
+    """
+    n = array.shape[0]
+    n_chunks = math.ceil(n / chunk)
+    picks = np.unique(np.linspace(0, n_chunks - 1, min(LABEL_CHUNKS, n_chunks)).astype(int))
+    parts = []
+    for c in picks:
+        start = int(c) * chunk
+        values = np.asarray(array[start : min(n, start + min(chunk, 10_000))]).reshape(-1)
+        parts.append(values)
+    if len(parts) < 2:
+        return None  # one chunk: nothing to compare, and a window holds it whole
+    every = np.concatenate(parts)
+    classes, codes = np.unique(every, return_inverse=True)
+    if len(classes) < 2 or len(classes) > 1000 or len(classes) > every.size / 4:
+        return None
+    overall = np.bincount(codes, minlength=len(classes)) / every.size
+    distances = []
+    offset = 0
+    for values in parts:
+        hist = np.bincount(codes[offset : offset + values.size], minlength=len(classes)) / values.size
+        offset += values.size
+        distances.append(0.5 * np.abs(hist - overall).sum())
+    return float(np.mean(distances))
+
+
+def info(store: Any, *, batch_size: int = 32, memory_budget: int | str = DEFAULT_MEMORY_BUDGET) -> StoreInfo:
+    """Describe a zarr store and warn about layouts that make training slow or badly mixed.
+
+    Parameters
+    ----------
+    store : str, os.PathLike or zarr.Group
+        A local path or fsspec URL of a zarr store, or an open group.
+    batch_size : int, default 32
+        The batch size you will train with; chunks much shorter than a batch are flagged.
+    memory_budget : int or str, default 1 GiB
+        The loader's budget; chunks too large for a window of it to draw from many of them are flagged.
+
+    Returns
+    -------
+    StoreInfo
+        ``str()`` of it is the report the ``daskfeed info`` command prints.
+
+    Notes
+    -----
+    Warnings: chunks split along axes after the sample axis (every sample then needs several chunk reads);
+    chunks too small (per-read overhead dominates) or too large (a window holds few of them, so samples mix
+    from few places); arrays of different lengths; and integer arrays of class labels whose chunks each hold
+    a different mix of classes than the whole (a store sorted or grouped by label). The label check reads up
+    to 64 chunks spread over the store.
+
+    Examples
+    --------
+    >>> import numpy as np, zarr, daskfeed
+    >>> root = zarr.open_group(zarr.storage.MemoryStore(), mode="w")
+    >>> _ = root.create_array("y", data=np.repeat(np.arange(4), 250), chunks=(100,))
+    >>> report = daskfeed.info(root)
+    >>> round(report.label_mixing["y"], 2)
+    0.7
+    >>> "sorted" in report.warnings[-1]
+    True
+    """
+    import zarr
+
+    from daskfeed.loader import parse_bytes
+
+    budget = parse_bytes(memory_budget)
+    if isinstance(store, zarr.Group):
+        group, where = store, str(store.store_path)
+    elif isinstance(store, (str, os.PathLike)):
+        where = os.fspath(store)
+        if "://" not in where and not os.path.exists(where):
+            raise StoreError(f"store {where!r} does not exist")
+        try:
+            node = zarr.open(where, mode="r")
+        except Exception as err:
+            raise StoreError(f"store {where!r} is not a zarr store that zarr can read: {err}") from err
+        group = node
+    else:
+        raise InputError(f"store must be a path, a URL or a zarr.Group, got {type(store).__name__}")
+    if isinstance(group, zarr.Array):
+        members = [(os.path.basename(where.rstrip("/")) or "array", group)]
+        attrs: dict = {}
+    else:
+        members = list(group.arrays())
+        for path, sub in group.groups():
+            members += [(f"{path}/{name}", arr) for name, arr in sub.arrays()]
+        attrs = dict(group.attrs.asdict())
+    if not members:
+        raise StoreError(f"zarr group {where!r} holds no array")
+
+    arrays = [
+        ArrayInfo(
+            name=name,
+            shape=tuple(arr.shape),
+            dtype=str(arr.dtype),
+            chunks=tuple(arr.chunks),
+            decoded_bytes=int(arr.nbytes),
+            stored_bytes=int(arr.nbytes_stored()),
+            compressors=_codecs(arr),
+        )
+        for name, arr in members
+    ]
+    warnings: list[str] = []
+    lengths = {a.name: a.shape[0] for a in arrays if a.shape}
+    if len(set(lengths.values())) > 1:
+        warnings.append(
+            "arrays differ in length on axis 0 (samples): "
+            + ", ".join(f"{k!r} {v}" for k, v in lengths.items())
+            + "; only arrays of the same length can feed one loader"
+        )
+    for a in arrays:
+        if not a.shape:
+            continue
+        if a.chunks[1:] != a.shape[1:]:
+            split = [i + 1 for i, (c, s) in enumerate(zip(a.chunks[1:], a.shape[1:])) if c < s]
+            reads = math.prod(math.ceil(s / c) for c, s in zip(a.chunks[1:], a.shape[1:]))
+            warnings.append(
+                f"{a.name!r} is chunked along axis {', '.join(map(str, split))} too (chunks {a.chunks} for shape "
+                f"{a.shape}): every sample needs {reads} chunk reads. Rewrite it with `daskfeed ingest` "
+                "(which keeps axes after the sample axis whole), or rechunk those axes to their full length"
+            )
+    # Chunk size as the loader sees it: one chunk of every array, on the common chunk length.
+    row = [a for a in arrays if a.shape and lengths.get(a.name) == arrays[0].shape[0]]
+    chunk_len = min(a.chunks[0] for a in row)
+    per_sample = sum(np.dtype(a.dtype).itemsize * math.prod(a.shape[1:]) for a in row)
+    chunk_bytes = chunk_len * per_sample
+    window = budget // (SLOTS * max(per_sample, 1))
+    if chunk_len < batch_size:
+        warnings.append(
+            f"chunks of {chunk_len} samples are shorter than a batch of {batch_size}: every batch needs several "
+            "chunk reads. Store at least a batch per chunk (daskfeed ingest picks ~4 MiB chunks)"
+        )
+    elif chunk_bytes < SMALL_CHUNK_BYTES:
+        warnings.append(
+            f"chunks are small ({chunk_len} samples = {format_bytes(chunk_bytes)} decoded over all arrays): "
+            "per-read overhead will dominate decoding. Aim for 1-16 MiB (daskfeed ingest picks ~4 MiB)"
+        )
+    if chunk_bytes > LARGE_CHUNK_BYTES or window < MIX_TARGET * chunk_len:
+        held = window / max(chunk_len, 1)
+        warnings.append(
+            f"chunks are large ({chunk_len:,} samples = {format_bytes(chunk_bytes)} decoded): a window of "
+            f"memory_budget={format_bytes(budget)} holds {held:.1f} of them, so reads_per_chunk='auto' reads "
+            "chunks several times per epoch to mix samples. Smaller chunks (1-16 MiB) mix at one read each"
+        )
+    mixing = {}
+    shuffled = isinstance(attrs.get("daskfeed"), dict) and attrs["daskfeed"].get("shuffled")
+    for name, arr in members:
+        if not arr.shape or arr.dtype.kind not in "biu" or (arr.ndim > 1 and math.prod(arr.shape[1:]) != 1):
+            continue
+        distance = _label_distance(arr, int(arr.chunks[0]))
+        if distance is None:
+            continue
+        mixing[name] = distance
+        if distance > SORTED_DISTANCE and not shuffled:
+            warnings.append(
+                f"labels {name!r} look sorted or grouped along the sample axis (each chunk holds a class mix "
+                f"{distance:.2f} away from the whole, in total variation): a window of few chunks sees few "
+                "classes. Rewrite the store with `daskfeed ingest --shuffle`, or keep reads_per_chunk='auto' "
+                "(the default), which reads each chunk several times per epoch to mix them"
+            )
+    return StoreInfo(where, arrays, attrs, warnings, mixing)

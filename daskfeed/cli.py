@@ -1,0 +1,171 @@
+"""The ``daskfeed`` command: ingest, info, bench."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from dataclasses import asdict
+
+from daskfeed._ingest import COMPRESSIONS, partial_path
+from daskfeed.errors import DaskfeedError
+
+__all__ = ["main"]
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="daskfeed",
+        description="Turn arrays and images into a chunked zarr store, see what a store holds, and measure "
+        "how fast daskfeed feeds training from it.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    ingest = commands.add_parser(
+        "ingest",
+        help="write .npy / .npz / HDF5 files or a folder of images into one zarr store",
+        description="Write .npy / .npz / HDF5 files or a folder of images (one sub-folder per class) into one "
+        "chunked, compressed zarr store. NAME=PATH names the array a file goes into; files with the same name "
+        "are put end to end. HDF5: FILE.h5 takes every dataset, FILE.h5:PATH one.",
+    )
+    ingest.add_argument("sources", nargs="+", metavar="SRC", help="source files or folder ([NAME=]PATH)")
+    ingest.add_argument("dest", metavar="DEST", help="the zarr store to write (a local directory)")
+    ingest.add_argument("--chunk-length", type=int, help="samples per chunk (default: from --chunk-bytes)")
+    ingest.add_argument("--chunk-bytes", default="4MiB", help="decoded bytes per chunk row (default 4MiB)")
+    ingest.add_argument("--compression", choices=COMPRESSIONS, default="zstd", help="default zstd")
+    ingest.add_argument("--shuffle", action="store_true", help="write samples in a random permutation")
+    ingest.add_argument("--seed", type=int, help="seed of the --shuffle permutation")
+    ingest.add_argument("--image-size", type=int, nargs=2, metavar=("H", "W"), help="resize images to H x W")
+    ingest.add_argument("--color-mode", choices=("rgb", "grayscale", "rgba"), default="rgb")
+    ingest.add_argument(
+        "--memory",
+        default="1GiB",
+        help="memory --shuffle may use to place a bucket of samples (default 1GiB)",
+    )
+    ingest.add_argument("--workers", type=int, help="threads reading and writing chunks (default: one per core)")
+    ingest.add_argument("--overwrite", action="store_true", help="replace DEST once the new store is complete")
+    ingest.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    info = commands.add_parser(
+        "info",
+        help="what a store holds, and layouts that will be slow",
+        description="Each array's shape, dtype, chunks, size and compression ratio; warnings for layouts that "
+        "will be slow and for labels sorted along the sample axis.",
+    )
+    info.add_argument("store", metavar="STORE")
+    info.add_argument("--batch-size", type=int, default=32, help="the batch size you train with (default 32)")
+    info.add_argument("--memory-budget", default="1GiB", help="the loader's memory budget (default 1GiB)")
+    info.add_argument("--json", action="store_true", help="print JSON instead of text")
+
+    bench = commands.add_parser(
+        "bench",
+        help="daskfeed's samples/s on a store, and whether a training step would wait for data",
+        description="Measure daskfeed's shuffled samples/s on STORE against reading its chunks in order, and "
+        "with --step-ms, whether a training step of that many milliseconds per batch would wait for data.",
+    )
+    bench.add_argument("store", metavar="STORE")
+    bench.add_argument("--batch-size", type=int, default=128, help="default 128")
+    bench.add_argument("--step-ms", type=float, help="milliseconds one training step takes per batch")
+    bench.add_argument("--samples", type=int, help="samples per measurement (default 100,000 or the store)")
+    bench.add_argument("--memory-budget", default="1GiB", help="the loader's memory budget (default 1GiB)")
+    bench.add_argument("--reads-per-chunk", default="auto", help="'auto' (default) or an int")
+    bench.add_argument("--arrays", nargs="+", metavar="NAME", help="arrays to read (default: all)")
+    bench.add_argument("--json", action="store_true", help="print JSON instead of text")
+    return parser
+
+
+def _ingest(args: argparse.Namespace) -> int:
+    from daskfeed._ingest import ingest
+
+    try:
+        report = ingest(
+            args.sources,
+            args.dest,
+            chunk_length=args.chunk_length,
+            chunk_bytes=args.chunk_bytes,
+            compression=args.compression,
+            shuffle=args.shuffle,
+            seed=args.seed,
+            image_size=tuple(args.image_size) if args.image_size else None,
+            color_mode=args.color_mode,
+            memory=args.memory,
+            workers=args.workers,
+            overwrite=args.overwrite,
+            progress=not args.quiet,
+        )
+    except KeyboardInterrupt:
+        _stopped(args.dest, "interrupted")
+        return 130
+    except DaskfeedError:
+        _stopped(args.dest, None)
+        raise
+    print(report)
+    return 0
+
+
+def _stopped(dest: str, why: str | None) -> None:
+    work = partial_path(dest)
+    if os.path.exists(work):
+        print(
+            f"daskfeed: {why or 'stopped'}: {dest!r} was not written; the part done so far is kept in {work!r}. "
+            "Run the same command again to finish it, or delete that folder.",
+            file=sys.stderr,
+        )
+
+
+def _info(args: argparse.Namespace) -> int:
+    from daskfeed._info import info
+
+    report = info(args.store, batch_size=args.batch_size, memory_budget=args.memory_budget)
+    if args.json:
+        print(json.dumps(asdict(report), default=str, indent=2))
+    else:
+        print(report)
+    return 0
+
+
+def _bench(args: argparse.Namespace) -> int:
+    from daskfeed._bench import bench
+
+    reads = args.reads_per_chunk if args.reads_per_chunk == "auto" else _int("--reads-per-chunk", args.reads_per_chunk)
+    result = bench(
+        args.store,
+        batch_size=args.batch_size,
+        step_ms=args.step_ms,
+        samples=args.samples,
+        memory_budget=args.memory_budget,
+        reads_per_chunk=reads,
+        arrays=args.arrays,
+    )
+    if args.json:
+        out = asdict(result)
+        out.update(ratio=result.ratio, input_bound=result.input_bound, wait_ms_per_batch=result.wait_ms_per_batch)
+        print(json.dumps(out, indent=2))
+    else:
+        print(result)
+    return 0
+
+
+def _int(flag: str, value: str) -> int:
+    try:
+        return int(value)
+    except ValueError:
+        raise DaskfeedError(f"{flag} must be 'auto' or an int, got {value!r}") from None
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the ``daskfeed`` command; returns the exit status (0 done, 1 failed, 2 bad usage, 130 interrupted)."""
+    args = _parser().parse_args(argv)
+    try:
+        return {"ingest": _ingest, "info": _info, "bench": _bench}[args.command](args)
+    except DaskfeedError as err:
+        print(f"daskfeed {args.command}: error: {err}", file=sys.stderr)
+        return 1
+    except ImportError as err:  # an optional package (Pillow, h5py) missing: the message says what to install
+        print(f"daskfeed {args.command}: error: {err}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
