@@ -31,9 +31,12 @@ class BenchResult:
     samples: int
     batch_size: int
     reads_per_chunk: int
+    window_samples: int
     in_order_samples_per_s: float
     daskfeed_samples_per_s: float
+    first_batch_s: float
     step_ms: float | None = None
+    step_alone_ms: float = 0.0
     step_batches: int = 0
     step_wall_ms_per_batch: float = 0.0
 
@@ -50,14 +53,14 @@ class BenchResult:
     @property
     def wait_ms_per_batch(self) -> float | None:
         """With the simulated step: how long each step waited for its batch, on average."""
-        return None if self.step_ms is None else max(0.0, self.step_wall_ms_per_batch - self.step_ms)
+        return None if self.step_ms is None else max(0.0, self.step_wall_ms_per_batch - self.step_alone_ms)
 
     @property
     def input_bound(self) -> bool | None:
-        """With the simulated step: whether steps of ``step_ms`` waited for data (more than 5% slower)."""
+        """With the simulated step: whether steps of ``step_ms`` waited for data (ran 5% slower than alone)."""
         if self.step_ms is None:
             return None
-        return self.step_wall_ms_per_batch > (1 + WAIT_TOLERANCE) * self.step_ms
+        return self.step_wall_ms_per_batch > (1 + WAIT_TOLERANCE) * self.step_alone_ms
 
     def __str__(self) -> str:
         lines = [
@@ -66,16 +69,18 @@ class BenchResult:
             f"  chunks read in order (zarr, one thread)  {self.in_order_samples_per_s:>12,.0f} samples/s",
             f"  daskfeed, shuffled (reads_per_chunk={self.reads_per_chunk})    "
             f"{self.daskfeed_samples_per_s:>12,.0f} samples/s  ({self.ratio:.2f}x in order)",
-            f"  daskfeed delivers a batch every {self.loader_ms_per_batch:.2f} ms",
+            f"  daskfeed delivers a batch every {self.loader_ms_per_batch:.2f} ms, after {self.first_batch_s:.1f}s "
+            f"for the first window ({self.window_samples:,} samples at most per window)",
         ]
         if self.step_ms is not None:
             verdict = (
-                f"WAITS for data: {self.wait_ms_per_batch:.2f} ms per step ({self.step_batches} steps measured)."
+                f"WAITS for data: {self.step_wall_ms_per_batch:.2f} ms per step instead of {self.step_alone_ms:.2f} "
+                f"ms alone ({self.step_batches} steps measured)."
                 " The loader is the bottleneck: raise the batch size, use a larger memory_budget, store chunks "
                 "that decode faster (lz4, or no compression), or run on a dask cluster"
                 if self.input_bound
-                else f"does not wait for data ({self.step_wall_ms_per_batch:.2f} ms per step measured over "
-                f"{self.step_batches} steps): training is compute-bound"
+                else f"does not wait for data ({self.step_wall_ms_per_batch:.2f} ms per step with the loader, "
+                f"{self.step_alone_ms:.2f} ms alone, over {self.step_batches} steps): training is compute-bound"
             )
             lines.append(f"  a training step of {self.step_ms:g} ms per batch {verdict}")
         return "\n".join(lines)
@@ -107,7 +112,8 @@ def bench(
     """Measure daskfeed on your own store, and whether a training step would wait for data.
 
     Three measurements, in one process: (1) reading the store's chunks in order with zarr, one thread, the
-    baseline every hand-written loader is bounded by; (2) daskfeed's shuffled batches, as fast as they come;
+    baseline every hand-written loader is bounded by; (2) daskfeed's shuffled batches, as fast as they come,
+    timed from the first batch (the first window is reported apart: it is paid once per run);
     (3) with ``step_ms``, daskfeed's batches with a simulated training step of ``step_ms`` per batch (a sleep,
     which releases the GIL the way TensorFlow's ops do), to see whether the step waits for its data.
 
@@ -119,7 +125,7 @@ def bench(
     step_ms : float, optional
         Milliseconds one training step takes per batch (Keras prints it in ``fit``'s progress bar).
     samples : int, optional
-        Samples per measurement; default 100,000 or the whole store if smaller.
+        Samples per measurement; default 100,000 or four windows, whichever is more, and at most the store.
     memory_budget, reads_per_chunk
         As for :class:`daskfeed.Loader`.
     arrays : list of str, optional
@@ -138,78 +144,79 @@ def bench(
     if arrays is not None:
         missing = [a for a in arrays if a not in found]
         if missing:
-            raise StoreError(f"store {where!r} has no array {missing[0]!r}; it has {', '.join(found)}")
+            raise StoreError(f"store {where!r} has no array {missing[0]!r}; it has {', '.join(sorted(found))}")
         chosen = {a: found[a] for a in arrays}
     else:
-        first = next(iter(found.values()))[0].shape[0]
-        chosen = {k: v for k, v in found.items() if v[0].shape[0] == first}
-    n = next(iter(chosen.values()))[0].shape[0]
-    count = min(n, samples or DEFAULT_SAMPLES)
+        first = found[min(found)][0].shape[0]
+        chosen = {k: found[k] for k in sorted(found) if found[k][0].shape[0] == first}
+    x = {name: arr for name, (arr, _) in chosen.items()}
+    kwargs = dict(batch_size=batch_size, memory_budget=memory_budget, reads_per_chunk=reads_per_chunk)
+    probe = Loader(x, seed=seed, **kwargs)  # no thread until a batch is asked for
+    n, window, reads = probe.inputs.n_samples, probe.config.window_samples, probe.reads_per_chunk
+    # Several windows, so that the loader's steady state is measured, not only its first window.
+    count = min(n, samples or max(DEFAULT_SAMPLES, 4 * window))
 
     # (1) chunks in order, with zarr, as a hand-written loader at its best reads them
     started = time.perf_counter()
     for arr, z in chosen.values():
         ends = np.cumsum(arr.chunks[0])
         last = int(np.searchsorted(ends, count))  # the chunk that holds sample count - 1
-        for start, stop in zip((0, *ends[:last]), ends[: last + 1]):
+        for lo, hi in zip((0, *ends[:last]), ends[: last + 1]):
             if z is not None:
-                z[int(start) : int(stop)]
+                z[int(lo) : int(hi)]
             else:
-                arr[int(start) : int(stop)].compute()
-    done = count
-    in_order = done / (time.perf_counter() - started)
+                arr[int(lo) : int(hi)].compute()
+    in_order = count / (time.perf_counter() - started)
 
-    x = {name: arr for name, (arr, _) in chosen.items()}
-    kwargs = dict(batch_size=batch_size, memory_budget=memory_budget, reads_per_chunk=reads_per_chunk)
-
-    # (2) daskfeed, shuffled, nothing else running
-    with Loader(x, seed=seed, **kwargs) as loader:
+    # (2) daskfeed, shuffled, nothing else running; timed from the first batch (the first window is paid once)
+    with probe as loader:
         started = time.perf_counter()
-        done = _consume(loader, count)
+        batches = _batches(loader)
+        next(batches)
+        first_batch_s = time.perf_counter() - started
+        started = time.perf_counter()
+        done = 0
+        while done < count:
+            done += len(next(iter(next(batches).values())))
         rate = done / (time.perf_counter() - started)
-        reads = loader.reads_per_chunk
+        batches.close()
 
-    # (3) the same with a training step of step_ms per batch
-    step_batches, wall_per_batch = 0, 0.0
+    # (3) the same with a training step of step_ms per batch, against the same steps with no loader
+    step_batches, wall_per_batch, step_alone = 0, 0.0, 0.0
     if step_ms is not None:
         step_batches = max(2, min(math.ceil(count / batch_size), math.ceil(STEP_RUN_SECONDS * 1000 / step_ms)))
+        started = time.perf_counter()
+        calibrate = min(step_batches, max(10, math.ceil(1000 / step_ms)))
+        for _ in range(calibrate):
+            time.sleep(step_ms / 1000)
+        step_alone = 1000 * (time.perf_counter() - started) / calibrate  # a sleep overshoots a little
         with Loader(x, seed=seed + 1, **kwargs) as loader:
-            it = iter(loader)
-            next(it)  # the first window is a start-up cost, paid once per run, not per step
+            batches = _batches(loader)
+            next(batches)
             started = time.perf_counter()
-            taken = 0
             for _ in range(step_batches):
-                try:
-                    next(it)
-                except StopIteration:
-                    it = iter(loader)
-                    next(it)
+                next(batches)
                 time.sleep(step_ms / 1000)
-                taken += 1
-            wall_per_batch = 1000 * (time.perf_counter() - started) / taken
-            it.close()
+            wall_per_batch = 1000 * (time.perf_counter() - started) / step_batches
+            batches.close()
     return BenchResult(
         store=where,
         arrays=tuple(chosen),
         samples=count,
         batch_size=batch_size,
         reads_per_chunk=reads,
+        window_samples=int(window),
         in_order_samples_per_s=in_order,
         daskfeed_samples_per_s=rate,
+        first_batch_s=first_batch_s,
         step_ms=step_ms,
+        step_alone_ms=step_alone,
         step_batches=step_batches,
         step_wall_ms_per_batch=wall_per_batch,
     )
 
 
-def _consume(loader: Loader, count: int) -> int:
-    done = 0
-    it = iter(loader)
-    try:
-        for batch in it:
-            done += len(next(iter(batch.values())))
-            if done >= count:
-                break
-    finally:
-        it.close()
-    return done
+def _batches(loader: Loader) -> Any:
+    """Batches of epoch after epoch, for as long as they are asked for."""
+    while True:
+        yield from loader

@@ -55,7 +55,7 @@ class StoreInfo:
     arrays: list[ArrayInfo]
     attrs: dict = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
-    label_mixing: dict[str, float] = field(default_factory=dict)
+    label_grouping: dict[str, float] = field(default_factory=dict)
 
     def __str__(self) -> str:
         rows = [("array", "shape", "dtype", "chunks", "decoded", "stored", "ratio", "compression")]
@@ -81,10 +81,10 @@ class StoreInfo:
             lines.append(f"written by daskfeed ingest, {order}")
         if "class_names" in self.attrs:
             lines.append(f"class_names: {self.attrs['class_names']}")
-        for name, distance in self.label_mixing.items():
+        for name, distance in self.label_grouping.items():
             lines.append(
-                f"labels {name!r}: chunks differ from the whole by {distance:.2f} (total variation; "
-                f"0 = every chunk has the overall class mix, 1 = each chunk holds other classes)"
+                f"labels {name!r}: grouping {distance:.2f} (0 = chunks mix classes as a random order does, "
+                "1 = each chunk holds one class)"
             )
         lines += [f"warning: {w}" for w in self.warnings] or ["no warning"]
         return "\n".join(lines)
@@ -100,9 +100,10 @@ def _codecs(array: Any) -> str:
 
 
 def _label_distance(array: Any, chunk: int) -> float | None:
-    """Mean total variation distance between each sampled chunk's class mix and the mix over all of them.
+    """How much more each sampled chunk's class mix differs from the whole than in a random order.
 
-    None when the array does not look like class labels (not integer/bool, or too many distinct values).
+    The mean total variation distance between each chunk's class histogram and the overall one, less what the
+    same labels in a random order give, scaled so that 0 is a random order and 1 is chunks of one class each. None when the array does not look like class labels (too many distinct values) or has one chunk.
     """
     n = array.shape[0]
     n_chunks = math.ceil(n / chunk)
@@ -118,14 +119,23 @@ def _label_distance(array: Any, chunk: int) -> float | None:
     classes, codes = np.unique(every, return_inverse=True)
     if len(classes) < 2 or len(classes) > 1000 or len(classes) > every.size / 4:
         return None
-    overall = np.bincount(codes, minlength=len(classes)) / every.size
-    distances = []
-    offset = 0
-    for values in parts:
-        hist = np.bincount(codes[offset : offset + values.size], minlength=len(classes)) / values.size
-        offset += values.size
-        distances.append(0.5 * np.abs(hist - overall).sum())
-    return float(np.mean(distances))
+    sizes = [values.size for values in parts]
+
+    def distance(labels: np.ndarray) -> float:
+        overall = np.bincount(labels, minlength=len(classes)) / labels.size
+        out, offset = [], 0
+        for size in sizes:
+            hist = np.bincount(labels[offset : offset + size], minlength=len(classes)) / size
+            out.append(0.5 * np.abs(hist - overall).sum())
+            offset += size
+        return float(np.mean(out))
+
+    # Chunks of a randomly ordered store differ from the whole too, by sampling noise; count only the excess.
+    # Chunks of one class each are as far from the whole as chunks can be: on average 1 - sum(p^2).
+    noise = distance(np.random.default_rng(0).permutation(codes))
+    p = np.bincount(codes) / codes.size
+    pure = 1.0 - float((p**2).sum())
+    return float(np.clip((distance(codes) - noise) / max(pure - noise, 1e-9), 0.0, 1.0))
 
 
 def info(store: Any, *, batch_size: int = 32, memory_budget: int | str = DEFAULT_MEMORY_BUDGET) -> StoreInfo:
@@ -159,8 +169,8 @@ def info(store: Any, *, batch_size: int = 32, memory_budget: int | str = DEFAULT
     >>> root = zarr.open_group(zarr.storage.MemoryStore(), mode="w")
     >>> _ = root.create_array("y", data=np.repeat(np.arange(4), 250), chunks=(100,))
     >>> report = daskfeed.info(root)
-    >>> round(report.label_mixing["y"], 2)
-    0.7
+    >>> round(report.label_grouping["y"], 2)
+    0.93
     >>> "sorted" in report.warnings[-1]
     True
     """
@@ -226,9 +236,11 @@ def info(store: Any, *, batch_size: int = 32, memory_budget: int | str = DEFAULT
             )
     # Chunk size as the loader sees it: one chunk of every array, on the common chunk length.
     row = [a for a in arrays if a.shape and lengths.get(a.name) == arrays[0].shape[0]]
-    chunk_len = min(a.chunks[0] for a in row)
+    chunk_len = min(a.chunks[0] for a in row)  # the shortest read
+    plan_len = max(a.chunks[0] for a in row)  # what the loader reads together: whole chunks of every array
     per_sample = sum(np.dtype(a.dtype).itemsize * math.prod(a.shape[1:]) for a in row)
     chunk_bytes = chunk_len * per_sample
+    plan_bytes = plan_len * per_sample
     window = budget // (SLOTS * max(per_sample, 1))
     if chunk_len < batch_size:
         warnings.append(
@@ -240,15 +252,15 @@ def info(store: Any, *, batch_size: int = 32, memory_budget: int | str = DEFAULT
             f"chunks are small ({chunk_len} samples = {format_bytes(chunk_bytes)} decoded over all arrays): "
             "per-read overhead will dominate decoding. Aim for 1-16 MiB (daskfeed ingest picks ~4 MiB)"
         )
-    if chunk_bytes > LARGE_CHUNK_BYTES or window < MIX_TARGET * chunk_len:
-        held = window / max(chunk_len, 1)
+    shuffled = isinstance(attrs.get("daskfeed"), dict) and attrs["daskfeed"].get("shuffled")
+    if plan_bytes > LARGE_CHUNK_BYTES or (window < MIX_TARGET * plan_len and not shuffled):
+        held = window / max(plan_len, 1)
         warnings.append(
-            f"chunks are large ({chunk_len:,} samples = {format_bytes(chunk_bytes)} decoded): a window of "
+            f"chunks are large ({plan_len:,} samples = {format_bytes(plan_bytes)} decoded): a window of "
             f"memory_budget={format_bytes(budget)} holds {held:.1f} of them, so reads_per_chunk='auto' reads "
             "chunks several times per epoch to mix samples. Smaller chunks (1-16 MiB) mix at one read each"
         )
     mixing = {}
-    shuffled = isinstance(attrs.get("daskfeed"), dict) and attrs["daskfeed"].get("shuffled")
     for name, arr in members:
         if not arr.shape or arr.dtype.kind not in "biu" or (arr.ndim > 1 and math.prod(arr.shape[1:]) != 1):
             continue
@@ -258,8 +270,8 @@ def info(store: Any, *, batch_size: int = 32, memory_budget: int | str = DEFAULT
         mixing[name] = distance
         if distance > SORTED_DISTANCE and not shuffled:
             warnings.append(
-                f"labels {name!r} look sorted or grouped along the sample axis (each chunk holds a class mix "
-                f"{distance:.2f} away from the whole, in total variation): a window of few chunks sees few "
+                f"labels {name!r} look sorted or grouped along the sample axis (grouping {distance:.2f}; 0 is a "
+                "random order): a window of few chunks sees few "
                 "classes. Rewrite the store with `daskfeed ingest --shuffle`, or keep reads_per_chunk='auto' "
                 "(the default), which reads each chunk several times per epoch to mix them"
             )
