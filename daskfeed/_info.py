@@ -103,7 +103,8 @@ def _label_distance(array: Any, chunk: int) -> float | None:
     """How much more each sampled chunk's class mix differs from the whole than in a random order.
 
     The mean total variation distance between each chunk's class histogram and the overall one, less what the
-    same labels in a random order give, scaled so that 0 is a random order and 1 is chunks of one class each. None when the array does not look like class labels (too many distinct values) or has one chunk.
+    same labels in a random order give, scaled so that 0 is a random order and 1 is chunks of one class each.
+    None when the array does not look like class labels (too many distinct values) or has one chunk.
     """
     n = array.shape[0]
     n_chunks = math.ceil(n / chunk)

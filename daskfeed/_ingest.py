@@ -683,7 +683,7 @@ def ingest(
     >>> report = daskfeed.ingest([os.path.join(tmp, "x.npy"), os.path.join(tmp, "y.npy")],
     ...                          os.path.join(tmp, "train.zarr"), chunk_length=8)
     >>> report.arrays["x"], report.chunk_length
-    ((20, 3), 'float32'), 8)
+    (((20, 3), 'float32'), 8)
     >>> daskfeed.open_zarr(os.path.join(tmp, "train.zarr"))["x"].chunks
     ((8, 8, 4), (3,))
     """
