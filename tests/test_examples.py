@@ -59,3 +59,29 @@ def test_benchmark_suite_quick(tmp_path, capsys):
     for suffix in ("md", "json", "png"):
         assert (tmp_path / "results" / f"quick.{suffix}").stat().st_size > 0
     assert "| way of reading | samples/s |" in capsys.readouterr().out
+
+
+def test_images_example_ingests_a_folder_and_trains_a_cnn(tmp_path, capsys):
+    pytest.importorskip("PIL")
+    images = load("examples/images.py")
+    argv = ["--per-class", "200", "--epochs", "8", "--batch-size", "32", "--size", "24"]
+    result = images.main(["--work", str(tmp_path), *argv])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["test", "test.zarr", "train", "train.zarr"]
+    assert result["test_accuracy"] > 0.5  # three classes: chance is 0.33
+    out = capsys.readouterr().out
+    assert "600 samples" in out and "class_names: ['crosses', 'discs', 'squares']" in out
+
+
+def test_multi_input_example_trains_from_a_dict_with_sample_weights(tmp_path, capsys):
+    multi = load("examples/multi_input.py")
+    result = multi.main(["--store", str(tmp_path / "m.zarr"), "--samples", "6000", "--chunk", "500", "--epochs", "2"])
+    assert result["test_weighted_accuracy"] > 0.5 and result["rare_class_recall"] > 0.25  # 4 classes
+    assert "weighted accuracy" in capsys.readouterr().out
+
+
+def test_digits_example_reports_held_out_accuracy(tmp_path, capsys):
+    pytest.importorskip("sklearn")
+    digits = load("examples/digits.py")
+    result = digits.main(["--work", str(tmp_path), "--epochs", "10"])
+    assert result["test_samples"] == 450 and result["test_accuracy"] > 0.85  # ten classes: chance is 0.1
+    assert "held-out accuracy" in capsys.readouterr().out
