@@ -28,6 +28,9 @@ import zarr
 import daskfeed
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+from capped import run_capped  # noqa: E402  (beside this script, not a package)
+
 RAW = "raw: zarr, chunks in order, 1 thread"
 
 
@@ -330,9 +333,9 @@ def memory(args: argparse.Namespace) -> dict:
     return out
 
 
-def child(args: argparse.Namespace, budget: str, prefix: list[str] | None = None) -> dict:
+def child(args: argparse.Namespace, budget: str) -> dict:
     command = [sys.executable, __file__, "--child-epoch", "--store", args.store, "--memory-budget", budget]
-    result = subprocess.run([*(prefix or []), *command], capture_output=True, text=True)
+    result = subprocess.run(command, capture_output=True, text=True)
     if result.returncode != 0:
         return {"ran": False, "why_not": f"exit {result.returncode}: {result.stderr[-400:]}"}
     return {"ran": True, **json.loads(result.stdout.strip().splitlines()[-1])}
@@ -351,37 +354,14 @@ def capped_epoch(args: argparse.Namespace) -> dict:
             "and zarr alone takes ~150 MB); the full size runs it"
         )
         return info
-    name = f"daskfeed-bench-{os.getpid()}"
-    v2 = Path("/sys/fs/cgroup/cgroup.controllers")
-    if v2.exists() and "memory" in v2.read_text().split():
-        group, limit_file, peak_file, events = (
-            Path("/sys/fs/cgroup") / name,
-            "memory.max",
-            "memory.peak",
-            "memory.events",
-        )
-    elif Path("/sys/fs/cgroup/memory/memory.limit_in_bytes").exists():
-        group = Path("/sys/fs/cgroup/memory") / name
-        limit_file, peak_file, events = "memory.limit_in_bytes", "memory.max_usage_in_bytes", "memory.oom_control"
-    else:
-        info["ran"] = False
-        info["why_not"] = "no cgroup memory controller (v1 or v2) on this machine"
-        return info
-    try:
-        group.mkdir()
-        (group / limit_file).write_text(str(int(limit_mb * 1e6)))
-    except OSError as err:
-        info["ran"] = False
-        info["why_not"] = f"could not make a memory-limited cgroup here: {err}"
-        return info
-    try:
-        join = ["sh", "-c", f'echo $$ > {group}/cgroup.procs && exec "$@"', "sh"]
-        info.update(child(args, str(int(budget_mb * 1e6)), prefix=join))
-        info["cgroup_peak_mb"] = int((group / peak_file).read_text()) / 1e6
-        text = (group / events).read_text()
-        info["oom_kills"] = int(text.split("oom_kill ")[1].split()[0]) if "oom_kill " in text else 0
-    finally:
-        group.rmdir()
+    command = [sys.executable, __file__, "--child-epoch", "--store", args.store]
+    capped = run_capped([*command, "--memory-budget", str(int(budget_mb * 1e6))], int(limit_mb * 1e6))
+    if not capped["ran"]:
+        return {**info, **capped}
+    if capped["returncode"] != 0:
+        return {**info, "ran": False, "why_not": f"exit {capped['returncode']}: {capped['stderr'][-400:]}"}
+    info.update(ran=True, **json.loads(capped["stdout"].strip().splitlines()[-1]))
+    info.update(cgroup_peak_mb=capped["cgroup_peak_mb"], oom_kills=capped["oom_kills"])
     return info
 
 

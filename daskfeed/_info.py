@@ -203,6 +203,7 @@ def info(store: Any, *, batch_size: int = 32, memory_budget: int | str = DEFAULT
         attrs = dict(group.attrs.asdict())
     if not members:
         raise StoreError(f"zarr group {where!r} holds no array")
+    members.sort(key=lambda m: m[0])
 
     arrays = [
         ArrayInfo(

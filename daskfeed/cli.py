@@ -67,7 +67,9 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("store", metavar="STORE")
     bench.add_argument("--batch-size", type=int, default=128, help="default 128")
     bench.add_argument("--step-ms", type=float, help="milliseconds one training step takes per batch")
-    bench.add_argument("--samples", type=int, help="samples per measurement (default 100,000 or the store)")
+    bench.add_argument(
+        "--samples", type=int, help="samples per measurement (default: 100,000 or four windows, at most the store)"
+    )
     bench.add_argument("--memory-budget", default="1GiB", help="the loader's memory budget (default 1GiB)")
     bench.add_argument("--reads-per-chunk", default="auto", help="'auto' (default) or an int")
     bench.add_argument("--arrays", nargs="+", metavar="NAME", help="arrays to read (default: all)")

@@ -63,7 +63,7 @@ def main(argv: list[str] | None = None) -> dict:
         fit_kwargs = dict(shuffle=False)  # daskfeed already shuffles samples
     else:
         data = daskfeed.as_dataset(x, arrays["labels"], **kwargs)
-        fit_kwargs = {}
+        fit_kwargs = dict(shuffle=False)  # Keras warns that it cannot shuffle a tf.data.Dataset otherwise
 
     keras.utils.set_random_seed(0)
     model = keras.Sequential(

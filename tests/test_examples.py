@@ -85,3 +85,12 @@ def test_digits_example_reports_held_out_accuracy(tmp_path, capsys):
     result = digits.main(["--work", str(tmp_path), "--epochs", "10"])
     assert result["test_samples"] == 450 and result["test_accuracy"] > 0.85  # ten classes: chance is 0.1
     assert "held-out accuracy" in capsys.readouterr().out
+
+
+def test_ingest_benchmark_quick(tmp_path, capsys):
+    bench = load("benchmarks/ingest.py")
+    report = bench.main(["--quick", "--out", str(tmp_path)])
+    assert [r["ratio"] is None for r in report["rows"]] == [True, False, True, False]
+    assert all(r["seconds"] > 0 for r in report["rows"]) and not report["capped"]["ran"]
+    assert (tmp_path / "ingest-quick.md").read_text().startswith("# daskfeed ingest: 20,000 images")
+    assert "| way of writing the store |" in capsys.readouterr().out
