@@ -42,10 +42,6 @@ class ArrayInfo:
         """Compression ratio: decoded bytes per stored byte."""
         return self.decoded_bytes / max(self.stored_bytes, 1)
 
-    @property
-    def chunk_bytes(self) -> int:
-        return np.dtype(self.dtype).itemsize * math.prod(self.chunks)
-
 
 @dataclass(frozen=True)
 class StoreInfo:

@@ -171,7 +171,6 @@ class _ImagesPart(_Part):
         self._mode, channels = _COLOR_MODES[color_mode]
         if size is None:
             size = self._open(files[0]).size[::-1]  # Pillow gives (width, height)
-            self._fixed = tuple(size)
         self.shape, self.dtype = (len(files), *size, channels), np.dtype(np.uint8)
 
     def _open(self, file: str) -> Any:
@@ -247,7 +246,7 @@ class _Source:
         return pieces[0] if len(pieces) == 1 else np.concatenate(pieces)
 
     def add(self, part: _Part) -> None:
-        if part.shape == () or len(part.shape) == 0:
+        if len(part.shape) == 0:
             raise InputError(f"{_where(part)} is a 0-d array; expected at least one axis, the sample axis (axis 0)")
         if part.dtype.kind not in _TENSOR_KINDS:
             raise InputTypeError(
