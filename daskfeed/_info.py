@@ -9,8 +9,8 @@ from typing import Any
 
 import numpy as np
 
-from daskfeed.errors import InputError, StoreError
-from daskfeed.loader import DEFAULT_MEMORY_BUDGET
+from daskfeed.inputs import open_zarr_node, written_shuffled
+from daskfeed.loader import DEFAULT_MEMORY_BUDGET, parse_bytes
 from daskfeed.plan import MIX_TARGET, SLOTS, format_bytes
 
 __all__ = ["ArrayInfo", "StoreInfo", "info"]
@@ -140,8 +140,8 @@ def info(store: Any, *, batch_size: int = 32, memory_budget: int | str = DEFAULT
 
     Parameters
     ----------
-    store : str, os.PathLike or zarr.Group
-        A local path or fsspec URL of a zarr store, or an open group.
+    store : str, os.PathLike, zarr.Group or zarr.Array
+        A local path or fsspec URL of a zarr store, or an open group or array.
     batch_size : int, default 32
         The batch size you will train with; chunks much shorter than a batch are flagged.
     memory_budget : int or str, default 1 GiB
@@ -173,32 +173,15 @@ def info(store: Any, *, batch_size: int = 32, memory_budget: int | str = DEFAULT
     """
     import zarr
 
-    from daskfeed.loader import parse_bytes
-
     budget = parse_bytes(memory_budget)
-    if isinstance(store, zarr.Group):
-        group, where = store, str(store.store_path)
-    elif isinstance(store, (str, os.PathLike)):
-        where = os.fspath(store)
-        if "://" not in where and not os.path.exists(where):
-            raise StoreError(f"store {where!r} does not exist")
-        try:
-            node = zarr.open(where, mode="r")
-        except Exception as err:
-            raise StoreError(f"store {where!r} is not a zarr store that zarr can read: {err}") from err
-        group = node
-    else:
-        raise InputError(f"store must be a path, a URL or a zarr.Group, got {type(store).__name__}")
-    if isinstance(group, zarr.Array):
-        members = [(os.path.basename(where.rstrip("/")) or "array", group)]
+    node, found = open_zarr_node(store)
+    where = str(node.store_path) if isinstance(store, (zarr.Group, zarr.Array)) else os.fspath(store)
+    if found is None:
+        members = [(os.path.basename(where.rstrip("/")) or "array", node)]
         attrs: dict = {}
     else:
-        members = list(group.arrays())
-        for path, sub in group.groups():
-            members += [(f"{path}/{name}", arr) for name, arr in sub.arrays()]
-        attrs = dict(group.attrs.asdict())
-    if not members:
-        raise StoreError(f"zarr group {where!r} holds no array")
+        members = list(found.items())
+        attrs = dict(node.attrs.asdict())
     members.sort(key=lambda m: m[0])
 
     arrays = [
@@ -250,7 +233,7 @@ def info(store: Any, *, batch_size: int = 32, memory_budget: int | str = DEFAULT
             f"chunks are small ({chunk_len} samples = {format_bytes(chunk_bytes)} decoded over all arrays): "
             "per-read overhead will dominate decoding. Aim for 1-16 MiB (daskfeed ingest picks ~4 MiB)"
         )
-    shuffled = isinstance(attrs.get("daskfeed"), dict) and attrs["daskfeed"].get("shuffled")
+    shuffled = written_shuffled(attrs)
     if plan_bytes > LARGE_CHUNK_BYTES or (window < MIX_TARGET * plan_len and not shuffled):
         held = window / max(plan_len, 1)
         warnings.append(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import glob
 import json
 import math
@@ -20,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from daskfeed.errors import InputError, InputTypeError
+from daskfeed.inputs import TENSOR_KINDS
 from daskfeed.loader import parse_bytes
 from daskfeed.plan import format_bytes
 
@@ -45,7 +47,6 @@ HDF5_SUFFIXES = (".h5", ".hdf5", ".hdf", ".he5", ".nc")
 COMPRESSIONS = ("zstd", "lz4", "none")
 _COLOR_MODES = {"rgb": ("RGB", 3), "grayscale": ("L", 1), "rgba": ("RGBA", 4)}
 _NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.\-]*(/[A-Za-z0-9_][A-Za-z0-9_.\-]*)*")
-_TENSOR_KINDS = "biufc"
 _MANIFEST_VERSION = 1
 
 
@@ -248,7 +249,7 @@ class _Source:
     def add(self, part: _Part) -> None:
         if len(part.shape) == 0:
             raise InputError(f"{_where(part)} is a 0-d array; expected at least one axis, the sample axis (axis 0)")
-        if part.dtype.kind not in _TENSOR_KINDS:
+        if part.dtype.kind not in TENSOR_KINDS:
             raise InputTypeError(
                 f"{_where(part)} has dtype {part.dtype}, which cannot become a tensor; expected bool, integer, "
                 "float or complex"
@@ -572,7 +573,6 @@ class _Journal:
     """Append-only record of finished steps, so that a rerun after an interruption skips them."""
 
     def __init__(self, path: str):
-        self.path = path
         self.lock = threading.Lock()
         self.done: set[str] = set()
         if os.path.exists(path):
@@ -592,7 +592,7 @@ class _Journal:
 
 def _run(tasks: list[tuple[str, Any]], workers: int | None) -> None:
     """Run ``(name, fn)`` tasks on dask's threaded scheduler; with one worker, in the order given."""
-    if workers == 1:  # streamed sources read fastest front to back, and dask runs independent tasks backwards
+    if workers == 1:  # dask would run independent tasks backwards
         for _name, fn in tasks:
             fn()
         return
@@ -715,6 +715,8 @@ def ingest(
         )
     if shuffle and seed is None:
         seed = int(np.random.default_rng().integers(0, 2**31))
+    elif not shuffle:
+        seed = None  # only a shuffle has a seed
 
     h5_files: dict[str, Any] = {}
     arrays: list[_Source] = []
@@ -722,13 +724,15 @@ def ingest(
         arrays = _gather(list(sources), size, color_mode, h5_files)
         n = arrays[0].shape[0]
         per_sample = sum(a.row_bytes for a in arrays)
+        if any(p.sequential for a in arrays for p in a.parts):
+            workers = 1  # a streamed source reads fastest front to back, and one worker keeps that order
         length = int(chunk_length) if chunk_length else max(1, target // max(per_sample, 1))
         length = min(length, n)
         options = {
             "chunk_length": length,
             "compression": compression,
             "shuffle": shuffle,
-            "seed": seed if shuffle else None,
+            "seed": seed,
             "image_size": size,
             "color_mode": color_mode,
         }
@@ -752,7 +756,7 @@ def ingest(
             class_names = next((a.attrs["class_names"] for a in arrays if "class_names" in a.attrs), None)
             info = {
                 "shuffled": shuffle,
-                "seed": seed if shuffle else None,
+                "seed": seed,
                 "chunk_length": length,
                 "sources": [os.fspath(s) for s in sources],
             }
@@ -777,7 +781,7 @@ def ingest(
         samples=n,
         chunk_length=length,
         shuffled=shuffle,
-        seed=seed if shuffle else None,
+        seed=seed,
         compression=compression,
         chunks_written=written,
         chunks_resumed=n_chunks - written,
@@ -842,14 +846,9 @@ def _write_in_order(arrays, targets, journal: _Journal, length: int, workers, pr
         journal.mark(f"chunk {i}")
         bar.add(stop - start)
 
-    sequential = any(p.sequential for a in arrays for p in a.parts)
-    _run([(f"ingest-{i:012d}", _bind(write, i)) for i in todo], 1 if sequential else workers)
+    _run([(f"ingest-{i:012d}", functools.partial(write, i)) for i in todo], workers)
     bar.close()
     return len(todo)
-
-
-def _bind(fn: Any, *args: Any) -> Any:
-    return lambda: fn(*args)
 
 
 def _write_shuffled(arrays, targets, work, journal: _Journal, length, seed, memory_bytes, workers, progress) -> int:
@@ -886,11 +885,7 @@ def _write_shuffled(arrays, targets, work, journal: _Journal, length, seed, memo
                             np.ascontiguousarray(block[lo:hi]).tofile(f)
             bar.add(stop - start)
 
-        sequential = any(p.sequential for a in arrays for p in a.parts)
-        _run(
-            [(f"scatter-{i:012d}", _bind(scatter, i)) for i in range(math.ceil(n / length))],
-            1 if sequential else workers,
-        )
+        _run([(f"scatter-{i:012d}", functools.partial(scatter, i)) for i in range(math.ceil(n / length))], workers)
         bar.close()
         journal.mark("scattered")
     bar = _Progress("place", n, per_sample, progress)

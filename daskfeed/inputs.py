@@ -14,12 +14,21 @@ import numpy as np
 
 from daskfeed.errors import InputError, InputTypeError, StoreError
 
-__all__ = ["Inputs", "Leaf", "normalize_inputs", "open_zarr", "zarr_behind"]
+__all__ = [
+    "TENSOR_KINDS",
+    "Inputs",
+    "Leaf",
+    "normalize_inputs",
+    "open_zarr",
+    "open_zarr_node",
+    "written_shuffled",
+    "zarr_behind",
+]
 
 #: Chunk length for inputs that are all in memory (numpy): about this many bytes per chunk.
 MEMORY_CHUNK_BYTES = 4 * 2**20
-# Kinds of numpy dtypes that TensorFlow takes as tensors: bool, ints, unsigned ints, floats, complex.
-_TENSOR_KINDS = "biufc"
+#: Kinds of numpy dtypes that TensorFlow takes as tensors: bool, ints, unsigned ints, floats, complex.
+TENSOR_KINDS = "biufc"
 
 
 # The zarr array behind each dask array that daskfeed made with from_zarr, by dask name (the name changes with
@@ -72,10 +81,21 @@ def open_zarr(store: Any, *, storage_options: dict | None = None) -> dict[str, d
     >>> arrays["x"].chunks
     ((4, 4, 2), (3,))
     """
+    node, arrays = open_zarr_node(store, storage_options=storage_options)
+    if arrays is None:
+        return _from_zarr(node)
+    return {name: _from_zarr(arr) for name, arr in arrays.items()}
+
+
+def open_zarr_node(store: Any, *, storage_options: dict | None = None) -> tuple[Any, dict[str, Any] | None]:
+    """What ``store`` opens to (a zarr.Group or zarr.Array) and, for a group, its arrays by name.
+
+    Arrays in sub-groups are named ``"sub/name"``. Raises what :func:`open_zarr` documents.
+    """
     import zarr
 
     if isinstance(store, zarr.Array):
-        return _from_zarr(store)
+        return store, None
     if isinstance(store, zarr.Group):
         group = store
     else:
@@ -94,15 +114,21 @@ def open_zarr(store: Any, *, storage_options: dict | None = None) -> dict[str, d
                 f"that zarr can read): {err}"
             ) from err
         if isinstance(node, zarr.Array):
-            return _from_zarr(node)
+            return node, None
         group = node
-    arrays = {path: _from_zarr(arr) for path, arr in group.arrays()}
+    arrays = dict(group.arrays())
     for path, sub in group.groups():
         for name, arr in sub.arrays():
-            arrays[f"{path}/{name}"] = _from_zarr(arr)
+            arrays[f"{path}/{name}"] = arr
     if not arrays:
         raise StoreError(f"zarr group {group.store_path} holds no array")
-    return arrays
+    return group, arrays
+
+
+def written_shuffled(attrs: Mapping) -> bool:
+    """Whether zarr attributes carry the mark ``daskfeed ingest --shuffle`` leaves: samples in random order."""
+    mark = attrs.get("daskfeed")
+    return isinstance(mark, Mapping) and mark.get("shuffled") is True
 
 
 @dataclass(frozen=True, eq=False)
@@ -179,7 +205,7 @@ def _check_leaf(leaf: Leaf) -> None:
     arr = leaf.array
     if arr.ndim == 0:
         raise InputError(f"{leaf.name} is a 0-d array; expected at least one axis, the sample axis (axis 0)")
-    if leaf.dtype.kind not in _TENSOR_KINDS:
+    if leaf.dtype.kind not in TENSOR_KINDS:
         raise InputTypeError(
             f"{leaf.name} has dtype {leaf.dtype}, which cannot become a tensor; expected a bool, integer, "
             "float or complex dtype (encode strings or objects as numbers first)"

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from daskfeed.errors import DaskfeedError, InputError, InputTypeError, MemoryBudgetError
-from daskfeed.inputs import Inputs, normalize_inputs, zarr_behind
+from daskfeed.inputs import Inputs, normalize_inputs, written_shuffled, zarr_behind
 from daskfeed.plan import SLOTS, EpochPlan, Layout, PlanConfig, choose_layout, format_bytes
 from daskfeed.prefetch import BlockSource, Scheduler, Window, WorkerPool, build_window, storage_rows
 
@@ -107,12 +107,8 @@ def _written_shuffled(inputs: Inputs) -> bool:
     lazy = [leaf for leaf in inputs.leaves if leaf.lazy]
     if not lazy:
         return False
-    for leaf in lazy:
-        array = zarr_behind(leaf.array)
-        mark = array.attrs.get("daskfeed") if array is not None else None
-        if not (isinstance(mark, dict) and mark.get("shuffled") is True):
-            return False
-    return True
+    arrays = [zarr_behind(leaf.array) for leaf in lazy]
+    return all(array is not None and written_shuffled(array.attrs) for array in arrays)
 
 
 def _zero_stats() -> dict[str, float]:
