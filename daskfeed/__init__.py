@@ -10,13 +10,18 @@ from daskfeed._ingest import IngestReport, ingest
 from daskfeed.errors import (
     ChunkReadError,
     DaskfeedError,
+    DaskfeedWarning,
     InputError,
     InputTypeError,
+    LayoutWarning,
     MemoryBudgetError,
+    OrderWarning,
     StoreError,
 )
 from daskfeed.inputs import open_zarr
-from daskfeed.loader import DEFAULT_MEMORY_BUDGET, Loader, parse_bytes
+from daskfeed.layout import Layout
+from daskfeed.loader import Loader
+from daskfeed.options import DEFAULT_MEMORY_BUDGET, LoaderOptions, Shard, parse_bytes
 
 __version__ = "0.1.0"
 
@@ -25,11 +30,17 @@ __all__ = [
     "BenchResult",
     "ChunkReadError",
     "DaskfeedError",
+    "DaskfeedWarning",
     "IngestReport",
     "InputError",
     "InputTypeError",
+    "Layout",
+    "LayoutWarning",
     "Loader",
+    "LoaderOptions",
     "MemoryBudgetError",
+    "OrderWarning",
+    "Shard",
     "StoreError",
     "StoreInfo",
     "__version__",

@@ -1,14 +1,22 @@
-"""The exceptions daskfeed raises; each also derives from the builtin users would catch anyway."""
+"""The exceptions and warnings daskfeed raises; each error also derives from the builtin users would catch anyway."""
 
 from __future__ import annotations
+
+import os
+import sys
+import warnings
 
 __all__ = [
     "ChunkReadError",
     "DaskfeedError",
+    "DaskfeedWarning",
     "InputError",
     "InputTypeError",
+    "LayoutWarning",
     "MemoryBudgetError",
+    "OrderWarning",
     "StoreError",
+    "warn",
 ]
 
 
@@ -50,3 +58,28 @@ class ChunkReadError(DaskfeedError, RuntimeError):
         self.array = array
         self.chunk = chunk
         self.samples = samples
+
+
+class DaskfeedWarning(UserWarning):
+    """Base class of every warning daskfeed gives; filter it with ``warnings.filterwarnings``."""
+
+
+class OrderWarning(DaskfeedWarning):
+    """Batches are asked for out of plan order (Keras ``fit(shuffle=True)``), so windows are computed again."""
+
+
+class LayoutWarning(DaskfeedWarning):
+    """The store's chunk layout makes the loader decode much more than it serves; the message gives the fix."""
+
+
+_PACKAGE = os.path.dirname(os.path.abspath(__file__))
+
+
+def warn(message: str, category: type[DaskfeedWarning]) -> None:
+    """Warn so that the warning points at the first line outside daskfeed (and outside ``threading``)."""
+    frame, level = sys._getframe(1), 1
+    while frame is not None and (
+        frame.f_code.co_filename.startswith(_PACKAGE) or frame.f_code.co_filename.endswith("threading.py")
+    ):
+        frame, level = frame.f_back, level + 1
+    warnings.warn(message, category, stacklevel=level)

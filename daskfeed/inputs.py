@@ -25,8 +25,6 @@ __all__ = [
     "zarr_behind",
 ]
 
-#: Chunk length for inputs that are all in memory (numpy): about this many bytes per chunk.
-MEMORY_CHUNK_BYTES = 4 * 2**20
 #: Kinds of numpy dtypes that TensorFlow takes as tensors: bool, ints, unsigned ints, floats, complex.
 TENSOR_KINDS = "biufc"
 
@@ -159,14 +157,20 @@ class Leaf:
     def bytes_per_sample(self) -> int:
         return self.dtype.itemsize * math.prod(self.sample_shape)
 
+    @property
+    def bounds(self) -> np.ndarray | None:
+        """Where the array's chunks start on the sample axis, plus its length; None for numpy arrays."""
+        if not self.lazy:
+            return None
+        return np.concatenate([[0], np.cumsum(self.array.chunks[0])]).astype(np.int64)
+
 
 @dataclass(frozen=True, eq=False)
 class Inputs:
-    """The leaves of a loader and the chunk boundaries on the sample axis that all of them share."""
+    """The leaves of a loader, which share the length of the sample axis."""
 
     leaves: tuple[Leaf, ...]
     structure: tuple[tuple[str, tuple[str, ...] | None], ...]  # (role, dict keys or None) per role given
-    chunk_bounds: np.ndarray
     n_samples: int
 
     @property
@@ -180,6 +184,60 @@ class Inputs:
         for _role, keys in self.structure:
             parts.append(next(it) if keys is None else {k: next(it) for k in keys})
         return parts[0] if len(parts) == 1 else tuple(parts)
+
+    def zarr_arrays(self) -> list[Any] | None:
+        """The zarr array behind every lazy leaf, or None if some lazy leaf is not exactly a zarr array."""
+        found = [zarr_behind(leaf.array) for leaf in self.leaves if leaf.lazy]
+        return found if found and all(z is not None for z in found) else None
+
+    def written_shuffled(self) -> bool:
+        """True when every lazy leaf is a zarr array that ``daskfeed ingest --shuffle`` wrote in random order."""
+        found = self.zarr_arrays()
+        return found is not None and all(written_shuffled(z.attrs) for z in found)
+
+
+def store_location(array: Any) -> str | None:
+    """The path or URL of the store a zarr array lives in, or None for a store only this process sees."""
+    store = array.store_path.store
+    root = getattr(store, "root", None)  # LocalStore
+    if root is not None:
+        return os.fspath(root)
+    fs, path = getattr(store, "fs", None), getattr(store, "path", None)  # FsspecStore
+    if fs is not None and path is not None:
+        return fs.unstrip_protocol(path)
+    return None
+
+
+def rewrite_command(arrays: list[Any]) -> str | None:
+    """The ``daskfeed ingest`` command that rewrites zarr ``arrays`` of one store with equal chunks of ~4 MiB
+    in random order, or None when they are not all in one store on a path or URL."""
+    roots = {store_location(z) for z in arrays}
+    if None in roots or len(roots) != 1:
+        return None
+    root = roots.pop().rstrip("/")
+    sources = []
+    for z in arrays:
+        path = z.path.strip("/")
+        sources.append(root if not path else f"{path}={root}/{path}" if "/" in path else f"{root}/{path}")
+    dest = (root[:-5] if root.endswith(".zarr") else root) + "-daskfeed.zarr"
+    return (
+        "Rewrite the store with equal chunks of ~4 MiB in random order, once, and train from the copy: "
+        f"daskfeed ingest {' '.join(sources)} {dest} --shuffle --seed 0"
+    )
+
+
+def rewrite_hint(inputs: Inputs) -> str:
+    """How to rewrite the loader's arrays into a store that reads fast: the exact ``daskfeed ingest`` command,
+    or the :func:`daskfeed.ingest` call for arrays that are not all in one zarr store."""
+    found = inputs.zarr_arrays()
+    command = rewrite_command(found) if found is not None else None
+    if command is not None:
+        return command
+    names = ", ".join(f"{leaf.key or leaf.role!r}: {leaf.name}" for leaf in inputs.leaves if leaf.lazy)
+    return (
+        "Rewrite the arrays with equal chunks of ~4 MiB in random order, once, and train from the copy: "
+        f'daskfeed.ingest({{{names}}}, "train.zarr", shuffle=True)'
+    )
 
 
 def _to_array(value: Any, name: str) -> Any:
@@ -218,17 +276,8 @@ def _check_leaf(leaf: Leaf) -> None:
         raise InputError(f"{leaf.name} has zero samples (shape {tuple(arr.shape)}); expected at least one")
 
 
-def _boundaries(arr: da.Array) -> np.ndarray:
-    return np.concatenate([[0], np.cumsum(arr.chunks[0])]).astype(np.int64)
-
-
 def normalize_inputs(x: Any, y: Any = None, sample_weight: Any = None) -> Inputs:
-    """Check x / y / sample_weight and align them on the sample axis.
-
-    Chunks of the plan are the coarsest run of samples that is whole in every lazy array: with ``x`` chunked
-    by 1,000 and ``y`` by 50,000, one plan chunk holds 50 chunks of ``x`` and one of ``y``, so no chunk of
-    either is computed twice. In-memory (numpy) arrays are cut to whatever the lazy ones need.
-    """
+    """Check x / y / sample_weight: kinds, dtypes, and one length of the sample axis for all of them."""
     if x is None:
         raise InputError("x is required; got None")
     if y is None and sample_weight is not None:
@@ -260,15 +309,4 @@ def normalize_inputs(x: Any, y: Any = None, sample_weight: Any = None) -> Inputs
                 f"arrays {first.name} and {leaf.name} must have the same length on axis 0 (samples), "
                 f"got {first.array.shape[0]} and {leaf.array.shape[0]}"
             )
-    n = int(first.array.shape[0])
-    lazy = [leaf for leaf in leaves if leaf.lazy]
-    if lazy:
-        common = _boundaries(lazy[0].array)
-        for leaf in lazy[1:]:
-            common = np.intersect1d(common, _boundaries(leaf.array))
-        bounds = common
-    else:
-        per_sample = max(1, sum(leaf.bytes_per_sample for leaf in leaves))
-        step = max(1, min(n, MEMORY_CHUNK_BYTES // per_sample))
-        bounds = np.unique(np.append(np.arange(0, n, step, dtype=np.int64), n))
-    return Inputs(tuple(leaves), tuple(structure), bounds.astype(np.int64), n)
+    return Inputs(tuple(leaves), tuple(structure), int(first.array.shape[0]))

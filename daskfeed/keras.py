@@ -8,7 +8,8 @@ from typing import Any
 import keras
 
 from daskfeed.errors import InputError
-from daskfeed.loader import DEFAULT_MEMORY_BUDGET, Loader, _check_int
+from daskfeed.loader import Loader
+from daskfeed.options import DEFAULT_MEMORY_BUDGET, KNOBS, check_int
 
 __all__ = ["Sequence", "as_sequence"]
 
@@ -109,29 +110,9 @@ def as_sequence(
         axis 0 (the sample axis). A dict feeds a multi-input model by input name.
     y, sample_weight : array or dict of arrays, optional
         Targets and per-sample weights, the same kinds as ``x``. ``x`` alone serves prediction.
-    batch_size : int, default 32
-        Samples per batch; the last batch of an epoch may be smaller unless ``drop_remainder``.
-    shuffle : bool, default True
-        Shuffle samples across chunks each epoch. ``False`` serves storage order.
-    seed : int, optional
-        Seed of the shuffle; the same seed gives the same batches, bit for bit, in every run and from both
-        front-ends. ``None`` draws one (see ``seq.loader.seed``).
-    drop_remainder : bool, default False
-        Drop the last, smaller batch of each epoch.
-    memory_budget : int or str, default 1 GiB
-        Bytes of decoded data the loader may hold at once (``"512MB"``, ``"2GiB"`` or an int). The loader
-        holds three windows (one served, two computed ahead), each at most a third of the budget.
-    reads_per_chunk : int or "auto", default "auto"
-        How many times each chunk is read per epoch, each read keeping a disjoint share of its samples.
-        More reads mix samples from more places of the array at the same memory, for more decoding. ``1``
-        computes every chunk exactly once per epoch. ``"auto"`` reads chunks just often enough that each
-        window draws from at least 32 read units (1 when a window already holds 32 chunks; at most 32).
-    scheduler : str or distributed.Client, optional
-        The dask scheduler that computes chunks: ``None`` (dask's configured default), ``"threads"``,
-        ``"synchronous"``, or a ``distributed.Client``.
-    shard : tuple of (int, int), optional
-        ``(index, count)``: serve only this worker's share of the chunks, the same share every epoch; the
-        ``count`` shards partition each epoch.
+    batch_size, shuffle, seed, drop_remainder, memory_budget, reads_per_chunk, scheduler, shard
+        The loader's knobs, documented in :class:`daskfeed.LoaderOptions`. The defaults: batches of 32,
+        shuffled across chunks with a drawn seed, a memory budget of 1 GiB, ``reads_per_chunk="auto"``.
     workers, use_multiprocessing, max_queue_size
         Passed to ``keras.utils.PyDataset``. daskfeed already computes ahead on its own threads, so
         ``workers=1`` is enough to keep a training step fed.
@@ -155,21 +136,10 @@ def as_sequence(
     (4, (32, 4), (4,))
     >>> seq.close()
     """
-    _check_int("workers", workers, 0)
-    _check_int("max_queue_size", max_queue_size, 1)
+    knobs = {name: value for name, value in locals().items() if name in KNOBS}
+    check_int("workers", workers, 0)
+    check_int("max_queue_size", max_queue_size, 1)
     if not isinstance(use_multiprocessing, bool):
         raise InputError(f"use_multiprocessing must be True or False, got {use_multiprocessing!r}")
-    loader = Loader(
-        x,
-        y,
-        sample_weight,
-        batch_size=batch_size,
-        shuffle=shuffle,
-        seed=seed,
-        drop_remainder=drop_remainder,
-        memory_budget=memory_budget,
-        reads_per_chunk=reads_per_chunk,
-        scheduler=scheduler,
-        shard=shard,
-    )
+    loader = Loader(x, y, sample_weight, **knobs)
     return Sequence(loader, workers=workers, use_multiprocessing=use_multiprocessing, max_queue_size=max_queue_size)

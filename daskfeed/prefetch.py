@@ -1,15 +1,16 @@
-"""Computes windows through dask on named background threads that live only while there is work."""
+"""Reads chunks through dask into buffers, on named background threads that live only while there is work."""
 
 from __future__ import annotations
 
+import functools
 import itertools
 import threading
-import time
+import uuid
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import dask
 import dask.array as da
@@ -18,13 +19,13 @@ from dask.core import flatten
 from dask.optimization import cull
 
 from daskfeed.errors import ChunkReadError
-from daskfeed.inputs import Inputs, zarr_behind
-from daskfeed.plan import EpochPlan
+from daskfeed.inputs import zarr_behind
 
-__all__ = ["BlockSource", "Scheduler", "Window", "WorkerPool", "build_window", "storage_rows"]
+__all__ = ["BlockPart", "BlockSource", "ReadJob", "Scheduler", "UnitRead", "WorkerPool", "read_blocks"]
 
 _thread_ids = itertools.count()
-_graph_ids = itertools.count()
+#: Chunks read whole into consecutive rows are read with one zarr call of up to this many decoded bytes.
+RUN_BYTES = 2**62
 
 
 class WorkerPool:
@@ -87,92 +88,6 @@ class WorkerPool:
                     thread.join()
 
 
-@dataclass(eq=False)
-class Window:
-    """The decoded samples of one window: one buffer per leaf in read-unit order, and the serving order.
-
-    ``buffers`` are views of the first rows of ``storage``, which may be larger: the storage of a window that
-    was let go is used again, because writing into fresh memory costs page faults.
-    """
-
-    index: int
-    buffers: list[np.ndarray]
-    storage: list[np.ndarray]
-    order: np.ndarray | None
-    seconds: float
-
-    @property
-    def nbytes(self) -> int:
-        return sum(b.nbytes for b in self.storage) + (0 if self.order is None else self.order.nbytes)
-
-
-def storage_rows(storage: list[np.ndarray]) -> int:
-    return len(storage[0]) if storage else 0
-
-
-class BlockSource:
-    """The optimized task graph of one lazy array and the key of each block along the sample axis.
-
-    The graph is materialized once; a window then takes only the tasks its blocks need (a cull that walks
-    from those keys), so computing a window costs the same on an array of a hundred chunks or of a million.
-    """
-
-    def __init__(self, array: da.Array):
-        #: The zarr array itself when the dask array is exactly that array: read without a copy (_read_zarr).
-        self.zarr = zarr_behind(array)
-        if any(len(c) > 1 for c in array.chunks[1:]):
-            # One task per sample-axis block, so each block is computed once however the other axes are cut.
-            array = array.rechunk({axis: -1 for axis in range(1, array.ndim)})
-        (array,) = dask.optimize(array)
-        self.graph = dict(array.__dask_graph__())
-        self.keys = list(flatten(array.__dask_keys__()))
-        self._index = {key: b for b, key in enumerate(self.keys)}
-        self.bounds = np.concatenate([[0], np.cumsum(array.chunks[0])]).astype(np.int64)
-
-    def block_range(self, key: Any) -> tuple[int, int]:
-        """The ``(start, stop)`` samples of the block with ``key``."""
-        b = self._index[key]
-        return int(self.bounds[b]), int(self.bounds[b + 1])
-
-    def parts(self, start: int, stop: int, rows: np.ndarray | None) -> list[tuple[Any, int, np.ndarray | None]]:
-        """``(block key, position in the read unit, block-local rows or None)`` for samples ``[start, stop)``."""
-        first = int(np.searchsorted(self.bounds, start, side="right")) - 1
-        last = int(np.searchsorted(self.bounds, stop - 1, side="right")) - 1
-        out = []
-        done = 0
-        for b in range(first, last + 1):
-            lo, hi = int(self.bounds[b]), int(self.bounds[b + 1])
-            if rows is None:
-                out.append((self.keys[b], done, None))
-                done += hi - lo
-            else:
-                a, z = np.searchsorted(rows, [lo - start, hi - start])
-                if z > a:
-                    out.append((self.keys[b], done, rows[a:z] - (lo - start)))
-                    done += int(z - a)
-        return out
-
-
-def _write(buffer: np.ndarray, at: int, block: np.ndarray, rows: np.ndarray | None) -> None:
-    data = block if rows is None else block[rows]
-    buffer[at : at + len(data)] = data
-
-
-def _read_zarr(array: Any, lo: int, hi: int, buffer: np.ndarray, at: int, rows: np.ndarray | None) -> None:
-    """Decode samples ``[lo, hi)`` of a zarr array straight into the window's buffer (one copy fewer)."""
-    if rows is not None:
-        _write(buffer, at, array[lo:hi], rows)
-        return
-    from zarr.core.buffer import default_buffer_prototype
-
-    out = default_buffer_prototype().nd_buffer.from_numpy_array(buffer[at : at + hi - lo])
-    array.get_basic_selection(slice(lo, hi), out=out)
-
-
-def _select(block: np.ndarray, rows: np.ndarray | None) -> np.ndarray:
-    return block if rows is None else block[rows]
-
-
 class Scheduler:
     """What ``scheduler=`` names, resolved once: a ``get`` for task graphs, or a distributed client."""
 
@@ -186,137 +101,273 @@ class Scheduler:
         if self.client is not None and not hasattr(self.client, "gather"):
             self.client = None
         self.get = dask.threaded.get if get is None else get
-        #: Whether tasks run in this process and can write into the window's buffers.
+        #: Whether tasks run in this process and can write into the loader's buffers.
         self.shared_memory = self.get in (dask.threaded.get, dask.local.get_sync)
 
 
-def _window_graph(sources, needed: dict[int, list], make_task) -> tuple[dict, list]:
-    graph: dict = {}
-    outs = []
-    token = next(_graph_ids)
-    for li, parts in needed.items():
-        source = sources[li]
-        sub, _ = cull(source.graph, list({key for key, *_ in parts}))
-        graph.update(sub)
-        for i, part in enumerate(parts):
-            key = (f"daskfeed-window-{token}", li, i)
-            graph[key] = make_task(li, *part)
-            outs.append(key)
-    return graph, outs
+class UnitRead(NamedTuple):
+    """One read unit to read into a buffer: the samples of its chunk, the rows it keeps, where they go."""
+
+    chunk: int  # index of the read unit's chunk (for messages)
+    start: int  # the chunk's first sample
+    stop: int  # one past its last sample
+    rows: np.ndarray | None  # sorted chunk-local rows the read keeps, or None for all of them
+    at: int  # the buffer row the first kept sample goes to
 
 
-def build_window(
-    inputs: Inputs,
-    sources: list[BlockSource | None],
-    plan: EpochPlan,
-    window: int,
-    scheduler: Scheduler,
-    storage: list[np.ndarray] | None = None,
-) -> Window:
-    """Decode the read units of ``window`` into one buffer per leaf, with one dask call for the window.
+class BlockPart(NamedTuple):
+    """What one read unit takes from one block (dask chunk) of one array."""
 
-    ``storage``, if given, is one array per leaf with at least the window's rows, to write into.
+    block: int  # index of the block along the sample axis
+    lo: int  # block-local rows [lo, hi) that lie in the read unit
+    hi: int
+    rows: np.ndarray | None  # block-local rows kept (within [lo, hi)), or None for all of [lo, hi)
+    at: int  # the buffer row the first of them goes to
 
-    On a scheduler that shares this process's memory (threads, synchronous) each task writes its decoded
-    block into the window's buffer, so the block is dropped as soon as it is written; elsewhere the
-    blocks (already cut to the rows the read keeps) come back as they finish and are copied in.
+    @property
+    def count(self) -> int:
+        return self.hi - self.lo if self.rows is None else len(self.rows)
+
+
+class BlockSource:
+    """The optimized task graph of one lazy array and the key of each block along the sample axis.
+
+    The graph is materialized once; a read then takes only the tasks its blocks need (a cull that walks
+    from those keys), so reading costs the same on an array of a hundred chunks or of a million.
     """
-    started = time.perf_counter()
-    size = plan.window_size(window)
-    units = list(plan.units(window))
-    spans = [plan.chunk_range(int(plan.unit_chunk[u])) for u in units]
-    rows = [plan.unit_rows(u) for u in units]
-    offsets = plan.unit_offsets[units[0] : units[-1] + 2] - plan.unit_offsets[units[0]]
-    if storage is None or storage_rows(storage) < size:
-        storage = [np.empty((size, *leaf.sample_shape), dtype=leaf.dtype) for leaf in inputs.leaves]
-    buffers = [s[:size] for s in storage]
-    needed: dict[int, list] = {}
-    for li, (leaf, source) in enumerate(zip(inputs.leaves, sources)):
-        for k, ((start, stop), kept) in enumerate(zip(spans, rows)):
-            at = int(offsets[k])
-            if source is None:  # in memory: a numpy copy, no dask
-                src = leaf.array[start:stop]
-                buffers[li][at : int(offsets[k + 1])] = src if kept is None else src[kept]
+
+    def __init__(self, array: da.Array):
+        #: The zarr array itself when the dask array is exactly that array: read without a copy (_read_zarr).
+        self.zarr = zarr_behind(array)
+        self.row_bytes = int(np.dtype(array.dtype).itemsize * np.prod(array.shape[1:], dtype=np.int64))
+        self.bounds = np.concatenate([[0], np.cumsum(array.chunks[0])]).astype(np.int64)
+        self.graph: dict = {}
+        self.keys: list = []
+        if self.zarr is None:
+            if any(len(c) > 1 for c in array.chunks[1:]):
+                # One task per sample-axis block, so each block is computed once however the other axes are cut.
+                array = array.rechunk({axis: -1 for axis in range(1, array.ndim)})
+            (array,) = dask.optimize(array)
+            self.graph = dict(array.__dask_graph__())
+            self.keys = list(flatten(array.__dask_keys__()))
+
+    def block_range(self, block: int) -> tuple[int, int]:
+        """The ``(start, stop)`` samples of ``block``."""
+        return int(self.bounds[block]), int(self.bounds[block + 1])
+
+    def parts(self, unit: UnitRead) -> list[BlockPart]:
+        """The blocks that hold the samples ``unit`` keeps, each clipped to the unit (blocks may straddle units)."""
+        start, stop, rows = unit.start, unit.stop, unit.rows
+        first = int(np.searchsorted(self.bounds, start, side="right")) - 1
+        last = int(np.searchsorted(self.bounds, stop - 1, side="right")) - 1
+        out, at = [], unit.at
+        for b in range(first, last + 1):
+            lo, hi = max(start, int(self.bounds[b])), min(stop, int(self.bounds[b + 1]))
+            base = int(self.bounds[b])
+            if rows is None:
+                out.append(BlockPart(b, lo - base, hi - base, None, at))
+                at += hi - lo
                 continue
-            for key, pos, block_rows in source.parts(start, stop, kept):
-                needed.setdefault(li, []).append((key, at + pos, block_rows))
-    if needed:
-        try:
-            if scheduler.shared_memory:
-                through_dask = {li: parts for li, parts in needed.items() if sources[li].zarr is None}
-                graph, outs = _window_graph(
-                    sources, through_dask, lambda li, key, at, r: (_write, buffers[li], at, key, r)
-                )
-                token = next(_graph_ids)
-                for li in needed.keys() - through_dask.keys():  # exactly a zarr array: no graph to cull
-                    source = sources[li]
-                    for i, (key, at, r) in enumerate(needed[li]):
-                        out = (f"daskfeed-zarr-{token}", li, i)
-                        graph[out] = (_read_zarr, source.zarr, *source.block_range(key), buffers[li], at, r)
-                        outs.append(out)
-                scheduler.get(graph, outs)
-            else:
-                graph, outs = _window_graph(sources, needed, lambda li, key, at, r: (_select, key, r))
-                places = [(buffers[li], at) for li, parts in needed.items() for _, at, _ in parts]
-                _gather_remote(graph, outs, places, scheduler)
-        except Exception as err:
-            raise _locate_failure(inputs, sources, plan, window, units, spans, rows, scheduler, err) from err
-    return Window(window, buffers, storage, plan.window_order(window), time.perf_counter() - started)
+            a, z = np.searchsorted(rows, [lo - start, hi - start])
+            if z > a:
+                out.append(BlockPart(b, lo - base, hi - base, rows[a:z] + (start - base), at))
+                at += int(z - a)
+        return out
+
+
+@dataclass(eq=False)
+class ReadJob:
+    """Read units of one array into one buffer: what a window (or the data held whole) needs of that array."""
+
+    name: str  # the array's name, for messages
+    source: BlockSource
+    buffer: np.ndarray
+    units: list[UnitRead]
+
+    def by_block(self) -> dict[int, list[BlockPart]]:
+        """The parts to read, by block: a block that several units take from is read once."""
+        blocks: dict[int, list[BlockPart]] = {}
+        for unit in self.units:
+            for part in self.source.parts(unit):
+                blocks.setdefault(part.block, []).append(part)
+        return blocks
+
+
+def _put(buffer: np.ndarray, parts: list[BlockPart], data: np.ndarray, shift: int = 0) -> None:
+    """Copy each part's rows of ``data`` (block rows from ``shift`` on) into place."""
+    for p in parts:
+        rows = data[p.lo - shift : p.hi - shift] if p.rows is None else data[p.rows - shift]
+        buffer[p.at : p.at + len(rows)] = rows
+
+
+def _read_zarr(array: Any, offset: int, parts: list[BlockPart], buffer: np.ndarray) -> None:
+    """Decode what ``parts`` need of one zarr chunk, straight into the buffer when the rows are contiguous."""
+    if len(parts) == 1 and parts[0].rows is None:
+        from zarr.core.buffer import default_buffer_prototype
+
+        p = parts[0]
+        out = default_buffer_prototype().nd_buffer.from_numpy_array(buffer[p.at : p.at + p.hi - p.lo])
+        array.get_basic_selection(slice(offset + p.lo, offset + p.hi), out=out)
+        return
+    lo, hi = min(p.lo for p in parts), max(p.hi for p in parts)
+    _put(buffer, parts, array[offset + lo : offset + hi], lo)
+
+
+def _read_zarr_run(array: Any, start: int, stop: int, at: int, buffer: np.ndarray) -> None:
+    """Decode samples ``[start, stop)`` of a zarr array, across chunks, straight into ``buffer[at:]``.
+
+    One call for many chunks lets zarr fetch and decode them concurrently.
+    """
+    from zarr.core.buffer import default_buffer_prototype
+
+    out = default_buffer_prototype().nd_buffer.from_numpy_array(buffer[at : at + stop - start])
+    array.get_basic_selection(slice(start, stop), out=out)
+
+
+def _zarr_runs(source: BlockSource, blocks: dict[int, list[BlockPart]]) -> list[tuple[int, int, int] | int]:
+    """Blocks read whole into consecutive rows merged into ``(start, stop, at)`` runs; other blocks as they are.
+
+    A run stops at :data:`RUN_BYTES`, so that a large read still leaves work for more than one thread.
+    """
+    out: list = []
+    run: list | None = None
+    for b in sorted(blocks):
+        parts = blocks[b]
+        start, stop = source.block_range(b)
+        whole = len(parts) == 1 and parts[0].rows is None and parts[0].lo == 0 and parts[0].hi == stop - start
+        if not whole:
+            run = None
+            out.append(b)
+            continue
+        follows = run is not None and run[1] == start and run[2] + (start - run[0]) == parts[0].at
+        if follows and (stop - run[0]) * source.row_bytes <= RUN_BYTES:
+            run[1] = stop
+            continue
+        run = [start, stop, parts[0].at]
+        out.append(run)
+    return [tuple(r) if isinstance(r, list) else r for r in out]
+
+
+def _write(buffer: np.ndarray, parts: list[BlockPart], block: np.ndarray) -> None:
+    _put(buffer, parts, block)
+
+
+def _select(block: np.ndarray, *, parts: list[BlockPart]) -> list[np.ndarray]:
+    return [block[p.lo : p.hi] if p.rows is None else block[p.rows] for p in parts]
+
+
+def _block_task(source: BlockSource, block: int) -> tuple[dict, Any]:
+    """The graph and the task (or key) that compute ``block`` of ``source``, for work done elsewhere."""
+    if source.zarr is not None:  # the zarr array travels; its chunk is read where the task runs
+        return {}, (source.zarr.__getitem__, slice(*source.block_range(block)))
+    return cull(source.graph, [source.keys[block]])[0], source.keys[block]
+
+
+def _graph(jobs: list[ReadJob], local: bool) -> tuple[dict, list, list]:
+    """One graph for all jobs: a task per block (or run of whole zarr chunks) that writes its rows into the
+    buffer (``local``) or returns them.
+
+    Parts and buffers are bound with ``functools.partial``, so dask never looks inside them.
+    """
+    token = f"daskfeed-read-{uuid.uuid4().hex}"  # unique across processes that share a cluster
+    graph: dict = {}
+    places: list = []
+    for j, job in enumerate(jobs):
+        source, blocks = job.source, job.by_block()
+        if local and source.zarr is not None:  # zarr decodes straight into the buffer, without dask's graph
+            for run in _zarr_runs(source, blocks):
+                if isinstance(run, int):
+                    read = functools.partial(_read_zarr, source.zarr, int(source.bounds[run]), blocks[run], job.buffer)
+                    graph[(token, j, "block", run)] = (read,)
+                else:
+                    graph[(token, j, "run", run[0])] = (
+                        functools.partial(_read_zarr_run, source.zarr, *run, job.buffer),
+                    )
+            continue
+        for b, parts in blocks.items():
+            sub, task = _block_task(source, b)
+            graph.update(sub)
+            write = functools.partial(_write, job.buffer, parts) if local else functools.partial(_select, parts=parts)
+            graph[(token, j, "block", b)] = (write, task)
+            places.append((job.buffer, parts))
+    outs = [key for key in graph if isinstance(key, tuple) and key[0] == token]
+    return graph, outs, places
+
+
+def read_blocks(jobs: list[ReadJob], scheduler: Scheduler) -> int:
+    """Read every job's units into its buffer with one dask call; returns the bytes of the blocks decoded.
+
+    On a scheduler that shares this process's memory (threads, synchronous) each task writes its block's
+    rows into the buffer, so the block is dropped as soon as it is written; elsewhere the rows come back as
+    they finish and are copied in. A failure is raised as :class:`ChunkReadError` naming the array and chunk.
+    """
+    jobs = [job for job in jobs if job.units]
+    if not jobs:
+        return 0
+    try:
+        if scheduler.shared_memory:
+            graph, outs, _ = _graph(jobs, local=True)
+            scheduler.get(graph, outs)
+        else:
+            graph, outs, places = _graph(jobs, local=False)
+            _gather_remote(graph, outs, places, scheduler)
+    except Exception as err:
+        raise _locate_failure(jobs, scheduler, err) from err
+    decoded = 0
+    for job in jobs:
+        for b in job.by_block():
+            start, stop = job.source.block_range(b)
+            decoded += (stop - start) * job.source.row_bytes
+    return decoded
 
 
 def _gather_remote(graph: dict, outs: list, places: list, scheduler: Scheduler) -> None:
-    """Compute blocks in other processes and copy each into place as it arrives."""
+    """Compute blocks in other processes and copy each part into place as it arrives."""
+
+    def place(i: int, values: list[np.ndarray]) -> None:
+        buffer, parts = places[i]
+        for p, value in zip(parts, values):
+            buffer[p.at : p.at + len(value)] = value
+
     if scheduler.client is None:
-        for value, (buffer, at) in zip(scheduler.get(graph, outs), places):
-            buffer[at : at + len(value)] = value
+        for i, values in enumerate(scheduler.get(graph, outs)):
+            place(i, values)
         return
     from distributed import as_completed
 
     futures = scheduler.client.get(graph, outs, sync=False)
     index = {f.key: i for i, f in enumerate(futures)}
     try:
-        for future, value in as_completed(futures, with_results=True):
-            buffer, at = places[index[future.key]]
-            buffer[at : at + len(value)] = value
+        for future, values in as_completed(futures, with_results=True):
+            place(index[future.key], values)
     finally:
         scheduler.client.cancel(futures)
 
 
-def _locate_failure(
-    inputs: Inputs,
-    sources: list[BlockSource | None],
-    plan: EpochPlan,
-    window: int,
-    units: list[int],
-    spans: list[tuple[int, int]],
-    rows: list,
-    scheduler: Scheduler,
-    err: Exception,
-) -> ChunkReadError:
-    """Find the array and chunk whose computation failed, by computing them one at a time."""
-    lazy = [li for li, source in enumerate(sources) if source is not None]
-    for k, ((start, stop), kept) in enumerate(zip(spans, rows)):
-        for li in lazy:
-            parts = [(key, pos, r) for key, pos, r in sources[li].parts(start, stop, kept)]
-            graph, outs = _window_graph(sources, {li: parts}, lambda _li, key, _at, r: (_select, key, r))
+def _locate_failure(jobs: list[ReadJob], scheduler: Scheduler, err: Exception) -> ChunkReadError:
+    """Find the array and chunk whose read failed, by reading the blocks again one at a time."""
+    for job in jobs:
+        for b, parts in job.by_block().items():
+            graph, task = _block_task(job.source, b)
+            key = (f"daskfeed-locate-{uuid.uuid4().hex}", b)
+            graph[key] = (functools.partial(_select, parts=parts), task)
             try:
-                scheduler.get(graph, outs)
-            except Exception as one:
-                chunk = int(plan.unit_chunk[units[k]])
-                name = inputs.leaves[li].name
+                scheduler.get(graph, [key])
+            except Exception as failed:
+                start, stop = job.source.block_range(b)
                 return ChunkReadError(
-                    f"reading array {name} chunk {chunk} (samples {start}-{stop - 1}) failed: "
-                    f"{type(one).__name__}: {one}",
-                    array=name,
-                    chunk=chunk,
+                    f"reading array {job.name} chunk {b} (samples {start}-{stop - 1}) failed: "
+                    f"{type(failed).__name__}: {failed}",
+                    array=job.name,
+                    chunk=b,
                     samples=(start, stop),
                 )
-    chunks = sorted({int(plan.unit_chunk[u]) for u in units})
+    first = jobs[0]
+    blocks = sorted(first.by_block())
     return ChunkReadError(
-        f"computing window {window} of epoch {plan.epoch} (chunks {chunks}) failed with "
-        f"{type(err).__name__}: {err}; computed again one chunk at a time, every chunk succeeded, so the "
-        "failure did not repeat",
-        array=inputs.leaves[lazy[0]].name,
-        chunk=chunks[0],
-        samples=spans[0],
+        f"reading chunks {blocks[:10]} of array {first.name} failed with {type(err).__name__}: {err}; read "
+        "again one chunk at a time, every chunk succeeded, so the failure did not repeat",
+        array=first.name,
+        chunk=blocks[0],
+        samples=first.source.block_range(blocks[0]),
     )

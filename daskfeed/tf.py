@@ -7,7 +7,8 @@ from typing import Any
 
 import tensorflow as tf
 
-from daskfeed.loader import DEFAULT_MEMORY_BUDGET, Loader
+from daskfeed.loader import Loader
+from daskfeed.options import DEFAULT_MEMORY_BUDGET, KNOBS
 
 __all__ = ["as_dataset"]
 
@@ -33,9 +34,10 @@ def as_dataset(
 ) -> tf.data.Dataset:
     """Serve shuffled batches of chunked arrays as a ``tf.data.Dataset``; each iteration is the next epoch.
 
-    The parameters are those of :func:`daskfeed.as_sequence` less the three Keras ones; for one seed both
-    front-ends give the same batches. The dataset's ``element_spec`` is complete (the batch dimension is
-    ``None`` unless ``drop_remainder``) and its cardinality is the number of batches per epoch.
+    The parameters are those of :func:`daskfeed.as_sequence` less the three Keras ones (the knobs are
+    documented in :class:`daskfeed.LoaderOptions`); for one seed both front-ends give the same batches.
+    The dataset's ``element_spec`` is complete (the batch dimension is ``None`` unless ``drop_remainder``)
+    and its cardinality is the number of batches per epoch.
 
     Returns
     -------
@@ -55,26 +57,14 @@ def as_dataset(
     >>> int(ds.cardinality()), ds.element_spec[0]
     (4, TensorSpec(shape=(None, 4), dtype=tf.float32, name=None))
     """
-    loader = Loader(
-        x,
-        y,
-        sample_weight,
-        batch_size=batch_size,
-        shuffle=shuffle,
-        seed=seed,
-        drop_remainder=drop_remainder,
-        memory_budget=memory_budget,
-        reads_per_chunk=reads_per_chunk,
-        scheduler=scheduler,
-        shard=shard,
-    )
+    loader = Loader(x, y, sample_weight, **{name: value for name, value in locals().items() if name in KNOBS})
     return dataset_from_loader(loader)
 
 
 def dataset_from_loader(loader: Loader) -> tf.data.Dataset:
     """The ``tf.data.Dataset`` of a :class:`daskfeed.Loader`, starting at its current epoch."""
     batch = loader.batch_size
-    drop = loader.config.drop_remainder
+    drop = loader.options.drop_remainder
     signature = loader.inputs.pack(
         [tf.TensorSpec((None, *leaf.sample_shape), tf.as_dtype(leaf.dtype)) for leaf in loader.inputs.leaves]
     )
@@ -83,7 +73,7 @@ def dataset_from_loader(loader: Loader) -> tf.data.Dataset:
 
     def generate():
         epoch = next(epochs)
-        loader.epoch = epoch
+        loader.set_epoch(epoch)
         yield from loader.blocks(epoch, per_block)
 
     ds = tf.data.Dataset.from_generator(generate, output_signature=signature)

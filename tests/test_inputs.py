@@ -82,13 +82,11 @@ def test_open_zarr_bad_paths(tmp_path):
         daskfeed.open_zarr(42)
 
 
-def test_chunks_of_the_plan_are_whole_in_every_lazy_array(xy_store):
+def test_each_lazy_leaf_keeps_its_own_chunks(xy_store):
     arrays = daskfeed.open_zarr(xy_store)
-    inputs = normalize_inputs(arrays["x"], arrays["y"])
-    # x by 100 and y by 250: boundaries shared by both are multiples of 500, and the end.
-    assert inputs.chunk_bounds.tolist() == [0, 500, 1000, 1003]
-    mixed = normalize_inputs(arrays["x"], np.arange(1003))
-    assert mixed.chunk_bounds.tolist() == [*range(0, 1001, 100), 1003]  # numpy follows the lazy array
+    x, y = normalize_inputs(arrays["x"], arrays["y"]).leaves
+    assert x.bounds.tolist() == [*range(0, 1001, 100), 1003] and y.bounds.tolist() == [0, 250, 500, 750, 1000, 1003]
+    assert normalize_inputs(np.arange(1003)).leaves[0].bounds is None  # numpy: served by index, never chunked
 
 
 def test_numpy_xarray_and_dicts():

@@ -10,8 +10,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from daskfeed.errors import InputError, MemoryBudgetError
-from daskfeed.plan import MAX_AUTO_READS, MIX_TARGET, SLOTS, EpochPlan, PlanConfig, choose_layout
+from daskfeed.errors import InputError
+from daskfeed.plan import EpochPlan, PlanConfig
 
 
 @st.composite
@@ -21,6 +21,7 @@ def configs(draw):
     shuffle = draw(st.booleans())
     reads = draw(st.integers(1, 5)) if shuffle else 1
     count = draw(st.integers(1, len(lengths)))
+    resident = draw(st.sampled_from([False, False, True]))
     return PlanConfig(
         chunk_bounds=bounds,
         batch_size=draw(st.integers(1, 25)),
@@ -30,6 +31,7 @@ def configs(draw):
         reads_per_chunk=reads,
         window_samples=draw(st.integers(1, 200)),
         shard=(draw(st.integers(0, count - 1)), count),
+        resident=resident,
     )
 
 
@@ -97,7 +99,8 @@ def test_shards_partition_the_epoch(config, epoch):
 @given(configs(), st.integers(0, 3))
 def test_each_chunk_is_read_reads_per_chunk_times_with_disjoint_parts(config, epoch):
     plan = EpochPlan(config, epoch)
-    r = config.reads_per_chunk
+    r = plan.reads  # one in an epoch served from memory
+    assert r == (1 if config.resident else config.reads_per_chunk)
     for chunk in config.chunks:
         start, stop = plan.chunk_range(int(chunk))
         units = np.flatnonzero(plan.unit_chunk == chunk)
@@ -114,6 +117,8 @@ def test_each_chunk_is_read_reads_per_chunk_times_with_disjoint_parts(config, ep
 @given(configs(), st.integers(0, 3))
 def test_windows_respect_their_size_and_batches_span_at_most_two(config, epoch):
     plan = EpochPlan(config, epoch)
+    if config.resident:
+        return  # one window of the whole shard (the test above)
     sizes = [plan.window_size(w) for w in range(plan.n_windows)]
     max_unit = int(plan.unit_size.max())
     for w, size in enumerate(sizes):
@@ -160,44 +165,30 @@ def test_plan_memory_is_o_chunks_not_o_samples():
     assert len(plan.window_order(7)) == plan.window_size(7)
 
 
-def test_layout_reads_more_when_a_window_holds_few_chunks():
-    def layout(budget, reads="auto", batch_size=32):
-        lengths = np.full(100, 1000)
-        return choose_layout(
-            lengths,
-            bytes_per_sample=10,
-            batch_size=batch_size,
-            memory_budget=budget,
-            reads_per_chunk=reads,
-            shuffle=True,
-        )
-
-    assert layout(10**9).reads_per_chunk == 1  # a window holds far more than MIX_TARGET chunks
-    small = layout(SLOTS * 10 * 2000)
-    assert small.reads_per_chunk == 16  # 2 chunks per window -> 32 / 2 reads each
-    assert small.window_samples == 2000
-    assert layout(10**9, reads=3).reads_per_chunk == 3
-    assert layout(SLOTS * 10 * 1001, batch_size=1).reads_per_chunk == min(MAX_AUTO_READS, MIX_TARGET)
-
-
-@pytest.mark.parametrize("reads", [1, 4, "auto"])
-def test_too_small_a_budget_names_the_smallest_that_works(reads):
-    lengths = np.array([1000, 1000, 400])
-    kwargs = dict(bytes_per_sample=100, batch_size=64, reads_per_chunk=reads, shuffle=True)
-    with pytest.raises(MemoryBudgetError, match="smallest budget that works is") as info:
-        choose_layout(lengths, memory_budget=1000, **kwargs)
-    smallest = int(str(info.value).split("(")[-1].split(" bytes")[0])
-    choose_layout(lengths, memory_budget=smallest, **kwargs)  # and it does work
-    with pytest.raises(MemoryBudgetError):
-        choose_layout(lengths, memory_budget=smallest - 1, **kwargs)
-
-
 def test_config_errors_name_the_argument():
-    with pytest.raises(InputError, match="batch_size must be >= 1, got 0"):
-        PlanConfig(chunk_bounds=np.array([0, 10]), batch_size=0, seed=0)
-    with pytest.raises(InputError, match="shuffle=False .* reads_per_chunk=2"):
-        PlanConfig(chunk_bounds=np.array([0, 10]), batch_size=1, seed=0, shuffle=False, reads_per_chunk=2)
-    with pytest.raises(InputError, match=r"shard=\(0, 3\) asks for 3 shards but the arrays have only 2 chunks"):
+    with pytest.raises(InputError, match="chunk_bounds must rise strictly from 0"):
+        PlanConfig(chunk_bounds=np.array([0, 5, 5]), batch_size=1, seed=0)
+    with pytest.raises(InputError, match=r"shard=\(0, 3\) asks for 3 shards but the arrays have only 2 read units"):
         PlanConfig(chunk_bounds=np.array([0, 5, 10]), batch_size=1, seed=0, shard=(0, 3))
     with pytest.raises(IndexError, match="batch index 5 is out of range"):
         EpochPlan(PlanConfig(chunk_bounds=np.array([0, 10]), batch_size=2, seed=0), 0).batch_span(5)
+
+
+@settings(max_examples=150, deadline=None)
+@given(configs(), st.integers(0, 3))
+def test_resident_epochs_are_one_window_in_storage_order_then_shuffled(config, epoch):
+    """A resident plan makes every epoch one window of the whole shard: a full shuffle in memory."""
+    plan = EpochPlan(config, epoch)
+    if not config.resident:
+        return
+    assert plan.n_windows == 1 and plan.reads == 1 and plan.unit_rows(0) is None
+    assert np.array_equal(plan.unit_chunk, config.chunks)  # read units in storage order
+    assert plan.window_size(0) == int(np.diff(config.chunk_bounds)[config.chunks].sum())
+
+
+def test_resident_plans_shuffle_the_whole_shard_every_epoch():
+    config = PlanConfig(chunk_bounds=np.arange(0, 1001, 100), batch_size=10, seed=3, window_samples=300, resident=True)
+    first, second = (epoch_samples(EpochPlan(config, e)) for e in (0, 1))
+    assert not np.array_equal(first, second)
+    # A full shuffle: the first 100 served samples come from nearly every chunk.
+    assert len(np.unique(first[:100] // 100)) >= 9 and len(np.unique(second[:100] // 100)) >= 9

@@ -1,0 +1,269 @@
+"""The window cache: the windows a loader holds in its slots, prefetch of the next ones, spare storage, stats."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+from daskfeed.errors import DaskfeedError, OrderWarning, warn
+from daskfeed.layout import SLOTS
+from daskfeed.plan import EpochPlan
+from daskfeed.prefetch import WorkerPool
+from daskfeed.windows import Window, storage_rows
+
+__all__ = ["CacheStats", "OrderWatch", "WindowCache"]
+
+
+@dataclass
+class CacheStats:
+    """Counters since the loader was made."""
+
+    #: Windows whose making decoded data (windows served from memory held whole are not counted).
+    windows_computed: int = 0
+    batches: int = 0
+    samples: int = 0
+    #: Seconds the consumer waited for windows, and seconds windows took to make.
+    wait_s: float = 0.0
+    compute_s: float = 0.0
+    #: The most bytes of decoded data held at once: windows, their spare storage and arrays held in memory.
+    peak_window_bytes: int = 0
+    #: How often a batch found its window not yet made.
+    stalls: int = 0
+    #: Bytes of chunks decoded.
+    bytes_decoded: int = 0
+
+    def as_dict(self) -> dict[str, float]:
+        return asdict(self)
+
+
+@dataclass(eq=False)
+class _Entry:
+    """A window that holds one of the slots: being made, ready, or being served."""
+
+    future: Future
+    plan: EpochPlan
+    pins: int = 0
+    served: set[int] = field(default_factory=set)
+    last_use: int = 0
+
+
+class OrderWatch:
+    """Warns once when batches are asked out of plan order, which costs windows made again.
+
+    Asking for the first window again starts a new pass over the epoch (Keras reads batches 0 and 1 to learn
+    their spec, then the whole epoch), which is in order.
+    """
+
+    def __init__(self) -> None:
+        self.horizon: dict[int, int] = {}  # the furthest window asked for, per epoch
+        self.warned = False
+
+    def note(self, epoch: int, window: int, released: set[tuple[int, int]]) -> None:
+        if window == 0:
+            self.horizon.pop(epoch, None)
+        if not self.warned and ((epoch, window) in released or window > self.horizon.get(epoch, -1) + SLOTS):
+            self.warned = True
+            warn(
+                "batches are being asked for out of order (Keras fit(shuffle=True) does this), so daskfeed "
+                "computes some windows more than once. daskfeed already shuffles samples across chunks: "
+                "pass shuffle=False to model.fit for the fast path.",
+                OrderWarning,
+            )
+
+    def reached(self, epoch: int, window: int) -> None:
+        self.horizon[epoch] = max(self.horizon.get(epoch, -1), window)
+
+    def forget(self, epoch: int) -> None:
+        self.horizon.pop(epoch, None)
+
+
+class WindowCache:
+    """The windows a loader holds: at most :data:`SLOTS` at once, counting spare storage kept for reuse.
+
+    ``make(plan, window, storage)`` makes a window (in a ``daskfeed-prefetch-N`` thread);
+    ``plan_of(epoch)`` gives the plan of an epoch, for prefetching into the next one; ``held_nbytes()`` the
+    bytes the loader holds outside windows (arrays held whole), for the peak.
+    """
+
+    def __init__(
+        self,
+        make: Callable[[EpochPlan, int, list[np.ndarray] | None], Window],
+        plan_of: Callable[[int], EpochPlan],
+        held_nbytes: Callable[[], int],
+    ):
+        self._make, self._plan_of, self._held_nbytes = make, plan_of, held_nbytes
+        self.cond = threading.Condition()
+        self.pool = WorkerPool(max_threads=SLOTS - 1)
+        self.entries: dict[tuple[int, int], _Entry] = {}
+        #: Windows whose every batch was served in the current pass of their epoch.
+        self.released: set[tuple[int, int]] = set()
+        #: Storage of windows let go, kept for the next window; with the live windows, at most SLOTS.
+        self.spare: list[list[np.ndarray]] = []
+        self.stats = CacheStats()
+        self.order = OrderWatch()
+        self.tick = 0
+        self.closed = False
+        #: The epoch being served: its windows are evicted last.
+        self.epoch = 0
+
+    # -- serving --------------------------------------------------------------------------------------
+
+    def acquire(self, plan: EpochPlan, window: int) -> _Entry:
+        """Pin a window, starting it if missing; wait for a free slot when all are taken."""
+        key = (plan.epoch, window)
+        with self.cond:
+            while key not in self.entries:
+                if self.closed:
+                    raise DaskfeedError("the loader was closed while a batch was being read")
+                self._make_room()
+                if len(self.entries) < SLOTS:
+                    if window == 0:  # a new pass over the epoch
+                        self.released = {k for k in self.released if k[0] != plan.epoch}
+                    self.order.note(plan.epoch, window, self.released)
+                    self._start(plan, window)
+                    break
+                self.cond.wait()
+            entry = self.entries[key]
+            if not entry.future.done():
+                self.stats.stalls += 1
+            entry.pins += 1
+            self.tick += 1
+            entry.last_use = self.tick
+            self.order.reached(plan.epoch, window)
+            self._prefetch(plan, window)
+        return entry
+
+    def wait(self, entry: _Entry) -> Window:
+        """The window of a pinned entry, once made (its error, if making it failed)."""
+        began = time.perf_counter()
+        window = entry.future.result()
+        with self.cond:
+            self.stats.wait_s += time.perf_counter() - began
+        return window
+
+    def release(self, plan: EpochPlan, window: int, entry: _Entry, served: range | None) -> None:
+        """Unpin ``window``; once every batch that takes from it has been served, let it go."""
+        key = (plan.epoch, window)
+        with self.cond:
+            entry.pins -= 1
+            current = self.entries.get(key) is entry
+            if entry.future.done() and entry.future.exception() is not None:
+                if current:  # a failed window gives its slot back; asking again makes it again
+                    self._drop(key)
+            elif served is not None:
+                entry.served.update(served)
+                if entry.pins == 0 and len(entry.served) >= len(plan.batches_of(window)):
+                    if current:
+                        self._drop(key)
+                    self.released.add(key)
+            self.cond.notify_all()
+
+    def count(self, batches: int, samples: int) -> None:
+        with self.cond:
+            self.stats.batches += batches
+            self.stats.samples += samples
+
+    def forget_epoch(self, epoch: int) -> None:
+        """Let go of an epoch's windows that nobody pins (and cancel those not started)."""
+        with self.cond:
+            for key in [k for k in self.entries if k[0] == epoch]:
+                entry = self.entries[key]
+                if entry.pins == 0 and (entry.future.cancel() or entry.future.done()):
+                    self._drop(key)
+            self.released = {k for k in self.released if k[0] != epoch}
+            self.order.forget(epoch)
+            self.cond.notify_all()
+
+    def close(self) -> None:
+        """Cancel windows not started, wait for those being made, free everything. Idempotent."""
+        with self.cond:
+            self.closed = True
+            entries, self.entries = list(self.entries.values()), {}
+            self.spare = []
+            self.cond.notify_all()
+        for entry in entries:
+            entry.future.cancel()
+        self.pool.close(wait=not threading.current_thread().name.startswith("daskfeed-"))
+
+    def live_windows(self) -> int:
+        """Windows in slots plus spare storage kept; never more than :data:`SLOTS`."""
+        with self.cond:
+            return len(self.entries) + len(self.spare)
+
+    # -- machinery (the caller holds the lock) --------------------------------------------------------
+
+    def _upcoming(self, plan: EpochPlan, window: int) -> Iterator[tuple[EpochPlan, int]]:
+        """Up to SLOTS - 1 windows after ``window`` in serving order, running on into the next epoch only."""
+        last_epoch = plan.epoch + 1
+        for _ in range(SLOTS - 1):
+            window += 1
+            if window >= plan.n_windows:
+                if plan.epoch == last_epoch:
+                    return
+                plan, window = self._plan_of(plan.epoch + 1), 0
+            yield plan, window
+
+    def _prefetch(self, plan: EpochPlan, window: int) -> None:
+        """Fill free slots with the windows that come next, without evicting anything. Past the end of the
+        epoch they are the first windows of the next one, so its decoding overlaps serving this one's end."""
+        for ahead_plan, ahead in self._upcoming(plan, window):
+            if len(self.entries) >= SLOTS:
+                break
+            key = (ahead_plan.epoch, ahead)
+            if key not in self.entries and key not in self.released and ahead_plan.batches_of(ahead):
+                self._start(ahead_plan, ahead)
+
+    def _start(self, plan: EpochPlan, window: int) -> None:
+        future = self.pool.submit(self._run, plan, window)
+        self.entries[(plan.epoch, window)] = _Entry(future, plan)
+        future.add_done_callback(lambda _f: self._notify())
+
+    def _notify(self) -> None:
+        with self.cond:
+            self.cond.notify_all()
+
+    def _run(self, plan: EpochPlan, window: int) -> Window:
+        size = plan.window_size(window)
+        with self.cond:
+            storage = next((s for s in self.spare if storage_rows(s) >= size), None)
+            if storage is not None:
+                self.spare.remove(storage)
+        made = self._make(plan, window, storage)
+        with self.cond:
+            self.stats.windows_computed += made.decoded > 0
+            self.stats.bytes_decoded += made.decoded
+            self.stats.compute_s += made.seconds
+            held = made.nbytes + self._held_nbytes() + sum(sum(b.nbytes for b in s) for s in self.spare)
+            held += sum(e.future.result().nbytes for e in self.entries.values() if _ready(e.future))
+            self.stats.peak_window_bytes = max(self.stats.peak_window_bytes, held)
+        return made
+
+    def _drop(self, key: tuple[int, int]) -> None:
+        """Let a window go (no one pins it); keep its storage if a slot is free."""
+        future = self.entries.pop(key).future
+        if _ready(future) and future.result().storage and len(self.spare) + len(self.entries) < SLOTS:
+            self.spare.append(future.result().storage)
+        self.cond.notify_all()
+
+    def _make_room(self) -> None:
+        """With every slot taken, evict one ready, unpinned window (another epoch's first, then the least
+        recently used), and drop spare storage that a new window's slot needs."""
+        if len(self.entries) >= SLOTS:
+            candidates = [
+                (key[0] == self.epoch, entry.last_use, key)
+                for key, entry in self.entries.items()
+                if entry.pins == 0 and entry.future.done()
+            ]
+            if candidates:
+                self._drop(min(candidates)[2])
+        while self.spare and len(self.spare) + len(self.entries) >= SLOTS:
+            self.spare.pop(0)
+
+
+def _ready(future: Future) -> bool:
+    return future.done() and not future.cancelled() and future.exception() is None

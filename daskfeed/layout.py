@@ -1,0 +1,322 @@
+"""The read layout: which chunks are the read units, which arrays are held whole, reads per chunk, window size."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from dask.utils import format_bytes
+
+from daskfeed.errors import MemoryBudgetError
+from daskfeed.options import LoaderOptions
+from daskfeed.plan import PlanConfig, shard_chunks
+
+__all__ = [
+    "HELD_FRACTION",
+    "MAX_AUTO_READS",
+    "MEMORY_CHUNK_BYTES",
+    "MIX_TARGET",
+    "SLOTS",
+    "ArraySpec",
+    "Layout",
+    "choose_layout",
+]
+
+#: Windows the loader holds at once: the one being served and two being filled ahead of it.
+SLOTS = 3
+#: ``reads_per_chunk="auto"`` reads chunks often enough that a window draws from this many places of the array.
+MIX_TARGET = 32
+#: ``"auto"`` never reads a chunk more often than this per epoch.
+MAX_AUTO_READS = 32
+#: Arrays small beside the budget (labels, weights), up to this share of it together, are read once and held whole.
+HELD_FRACTION = 0.05
+#: Read units for inputs that are all in memory (numpy): about this many bytes each, for ``shard=``.
+MEMORY_CHUNK_BYTES = 4 * 2**20
+#: Bytes of one entry of a serving order (a window's index arrays).
+INDEX_BYTES = np.dtype(np.intp).itemsize
+
+
+@dataclass(frozen=True, eq=False)
+class ArraySpec:
+    """What the layout needs to know of one array: its name, its row size, its chunks on the sample axis."""
+
+    name: str
+    bytes_per_sample: int
+    #: Offsets where chunks start plus the total, for lazy arrays; None for arrays already in memory.
+    bounds: np.ndarray | None
+
+    @property
+    def n_samples(self) -> int:
+        return int(self.bounds[-1]) if self.bounds is not None else 0
+
+    @property
+    def nbytes(self) -> int:
+        return self.n_samples * self.bytes_per_sample
+
+
+@dataclass(frozen=True, eq=False)
+class Layout:
+    """How a loader reads its arrays; decided once, from chunk boundaries and the budget.
+
+    ``resident`` layouts hold every lazy array in memory: each chunk is decoded once, all of them together
+    before the first batch, and every epoch is one window, a full shuffle. Otherwise the arrays in
+    ``windowed`` are decoded window by window, every epoch.
+    """
+
+    #: The array whose chunks are the read units (the one that costs the most to decode); None when all are numpy.
+    unit_array: str | None
+    #: Where the read units start, plus the total.
+    chunk_bounds: np.ndarray
+    #: The read units this shard serves, the same every epoch.
+    shard_chunks: np.ndarray
+    #: Lazy arrays read once, whole, and held (small ones: labels, weights).
+    held: tuple[str, ...]
+    #: Lazy arrays read unit by unit: window by window, or into memory once when ``resident``.
+    windowed: tuple[str, ...]
+    resident: bool
+    reads_per_chunk: int
+    window_samples: int
+    #: Bytes of the arrays held whole, and for resident layouts of the windowed arrays too.
+    held_bytes: int
+    #: Bytes decoded per epoch once the first epoch is done, and bytes of lazy arrays served per epoch.
+    decoded_per_epoch: int
+    served_per_epoch: int
+    #: Why ``reads_per_chunk`` is what it is, in a sentence.
+    reason: str
+
+    @property
+    def n_units(self) -> int:
+        """Read units of this shard."""
+        return len(self.shard_chunks)
+
+    @property
+    def amplification(self) -> float:
+        """Bytes decoded per epoch over bytes served (after the first epoch; 0 when all is held in memory)."""
+        return self.decoded_per_epoch / self.served_per_epoch if self.served_per_epoch else 0.0
+
+    def describe(self) -> str:
+        """One line: units, reads, residency and amplification, as ``repr`` and ``daskfeed info`` show them."""
+        units = f"{self.n_units} read units" + (f" (chunks of {self.unit_array})" if self.unit_array else "")
+        held = f", {', '.join(self.held)} held whole" if self.held else ""
+        if self.resident:
+            return f"{units}{held}; all fits the budget: decoded once, then full shuffles in memory"
+        return (
+            f"{units}{held}; reads_per_chunk={self.reads_per_chunk}, window<={self.window_samples} samples, "
+            f"decode amplification {self.amplification:.2f}x"
+        )
+
+    def plan_config(self, options: LoaderOptions) -> PlanConfig:
+        """The plan these reads follow, for the seed, batch size and shard of ``options``."""
+        return PlanConfig(
+            chunk_bounds=self.chunk_bounds,
+            batch_size=options.batch_size,
+            seed=options.seed,
+            shuffle=options.shuffle,
+            drop_remainder=options.drop_remainder,
+            reads_per_chunk=self.reads_per_chunk,
+            window_samples=self.window_samples,
+            shard=options.shard.as_tuple(),
+            resident=self.resident,
+        )
+
+
+def _memory_bounds(n: int, bytes_per_sample: int) -> np.ndarray:
+    step = max(1, min(n, MEMORY_CHUNK_BYTES // max(1, bytes_per_sample)))
+    return np.unique(np.append(np.arange(0, n, step, dtype=np.int64), n))
+
+
+def _overlap_bytes(spec: ArraySpec, bounds: np.ndarray, chunks: np.ndarray) -> int:
+    """Bytes of ``spec``'s chunks decoded to read each of ``chunks`` (read units) once."""
+    own = spec.bounds
+    starts, stops = bounds[chunks], bounds[chunks + 1]
+    first = np.searchsorted(own, starts, side="right") - 1
+    last = np.searchsorted(own, stops - 1, side="right") - 1
+    return int((own[last + 1] - own[first]).sum()) * spec.bytes_per_sample
+
+
+@dataclass(frozen=True)
+class _Setting:
+    """What does not depend on the budget: units, the shard's chunks, the arrays by role."""
+
+    arrays: tuple[ArraySpec, ...]
+    unit: ArraySpec | None
+    bounds: np.ndarray
+    chunks: np.ndarray
+    lengths: np.ndarray
+    others: tuple[ArraySpec, ...]  # lazy arrays besides the unit array, smallest first
+    in_memory: bool  # some array is numpy (served by global index, never decoded)
+
+    @property
+    def n_shard(self) -> int:
+        return int(self.lengths.sum())
+
+    @property
+    def max_len(self) -> int:
+        return int(self.lengths.max())
+
+
+def _setting(arrays: Sequence[Any], n: int, options: LoaderOptions) -> _Setting:
+    arrays = [ArraySpec(a.name, int(a.bytes_per_sample), a.bounds) for a in arrays]
+    lazy = [a for a in arrays if a.bounds is not None]
+    if lazy:
+        unit = max(lazy, key=lambda a: (a.nbytes, -lazy.index(a)))  # the first of the heaviest
+        bounds = np.asarray(unit.bounds, dtype=np.int64)
+    else:
+        unit, bounds = None, _memory_bounds(n, sum(a.bytes_per_sample for a in arrays))
+    chunks = shard_chunks(len(bounds) - 1, options.shard.as_tuple(), options.seed, options.shuffle)
+    others = tuple(sorted((a for a in lazy if a is not unit), key=lambda a: a.nbytes))
+    return _Setting(
+        arrays=tuple(arrays),
+        unit=unit,
+        bounds=bounds,
+        chunks=chunks,
+        lengths=np.diff(bounds)[chunks],
+        others=others,
+        in_memory=len(lazy) < len(arrays),
+    )
+
+
+def choose_layout(arrays: Sequence[Any], n_samples: int, options: LoaderOptions, *, mixed: bool = False) -> Layout:
+    """Decide how to read ``arrays`` within ``options.memory_budget``.
+
+    ``arrays`` are :class:`ArraySpec` or anything with the same three attributes (a loader's leaves).
+
+    The read units are the chunks of the array that costs the most to decode; other lazy arrays are read per
+    unit (their chunks clipped to it, never merged into fewer units). Lazy arrays that are small beside the
+    budget are read once and held whole. When everything fits, the layout is ``resident``. ``mixed`` says the
+    arrays were written in random order (``daskfeed ingest --shuffle``), so one read per chunk mixes.
+
+    Raises
+    ------
+    MemoryBudgetError
+        When no layout fits; the message gives the smallest budget that works.
+    """
+    setting = _setting(arrays, n_samples, options)
+    layout = _decide(setting, options, options.memory_budget, mixed)
+    if layout is not None:
+        return layout
+    raise _too_small(setting, options, mixed)
+
+
+def _decide(s: _Setting, options: LoaderOptions, budget: int, mixed: bool) -> Layout | None:
+    held: list[ArraySpec] = []
+    for spec in s.others:  # smallest first, while they stay a small share of the budget together
+        if sum(a.nbytes for a in held) + spec.nbytes > HELD_FRACTION * budget:
+            break
+        held.append(spec)
+    windowed = [a for a in s.arrays if a.bounds is not None and a not in held]
+    held_bytes = sum(a.nbytes for a in held)
+    resident_bytes = held_bytes + s.n_shard * (sum(a.bytes_per_sample for a in windowed) + 2 * INDEX_BYTES * SLOTS)
+    if resident_bytes <= budget:
+        return _resident(s, options, held, windowed, resident_bytes)
+    # Stream. Holding the small arrays leaves less for windows; if that does not fit, stream them too.
+    for keep in (held, []):
+        layout = _streaming(s, options, budget, keep, mixed)
+        if layout is not None:
+            return layout
+    return None
+
+
+def _resident(s: _Setting, options: LoaderOptions, held, windowed, resident_bytes: int) -> Layout:
+    return Layout(
+        unit_array=s.unit.name if s.unit else None,
+        chunk_bounds=s.bounds,
+        shard_chunks=s.chunks,
+        held=tuple(a.name for a in held),
+        windowed=tuple(a.name for a in windowed),
+        resident=True,
+        reads_per_chunk=1,
+        window_samples=s.n_shard,
+        held_bytes=resident_bytes,
+        decoded_per_epoch=0,
+        served_per_epoch=s.n_shard * sum(a.bytes_per_sample for a in (*held, *windowed)),
+        reason="the data fits the memory budget: each chunk is decoded once, then every epoch is a full shuffle",
+    )
+
+
+def _window_bytes(s: _Setting, options: LoaderOptions, windowed, held) -> int:
+    """Bytes one sample takes in a window: its windowed rows, its place in the serving order, its global index."""
+    index = INDEX_BYTES * (int(options.shuffle) + int(bool(held) or s.in_memory))
+    return max(1, sum(a.bytes_per_sample for a in windowed) + index)
+
+
+def _streaming(s: _Setting, options: LoaderOptions, budget: int, held, mixed: bool) -> Layout | None:
+    windowed = [a for a in s.arrays if a.bounds is not None and a not in held]
+    held_bytes = sum(a.nbytes for a in held)
+    cap = (budget - held_bytes) // (SLOTS * _window_bytes(s, options, windowed, held))
+    reads, reason = _reads(s, options, cap, mixed)
+    if reads is None:
+        return None
+    decoded = reads * sum(_overlap_bytes(a, s.bounds, s.chunks) for a in windowed)
+    return Layout(
+        unit_array=s.unit.name if s.unit else None,
+        chunk_bounds=s.bounds,
+        shard_chunks=s.chunks,
+        held=tuple(a.name for a in held),
+        windowed=tuple(a.name for a in windowed),
+        resident=False,
+        reads_per_chunk=reads,
+        window_samples=int(cap),
+        held_bytes=held_bytes,
+        decoded_per_epoch=decoded,
+        served_per_epoch=s.n_shard * sum(a.bytes_per_sample for a in (*held, *windowed)),
+        reason=reason,
+    )
+
+
+def _reads(s: _Setting, options: LoaderOptions, cap: int, mixed: bool) -> tuple[int | None, str]:
+    """Reads per chunk for windows of ``cap`` samples, or None when a window cannot hold a read unit."""
+
+    def fits(reads: int) -> bool:
+        return cap >= math.ceil(s.max_len / reads) + options.batch_size
+
+    if options.reads_per_chunk != "auto":
+        reads = int(options.reads_per_chunk)
+        return (reads, "reads_per_chunk was given") if fits(reads) else (None, "")
+    if not options.shuffle:
+        return (1, "shuffle=False reads every chunk once") if fits(1) else (None, "")
+    limit = max(1, min(MAX_AUTO_READS, s.max_len))
+    fitting = next((r for r in range(1, limit + 1) if fits(r)), None)
+    if fitting is None:
+        return None, ""
+    forced = f"a read unit of {s.max_len} samples is larger than a window of {cap}" if fitting > 1 else ""
+    if mixed:
+        return fitting, forced or "the store was written in random order (daskfeed ingest --shuffle): one read mixes"
+    # Mixing comes from how many places of the array a window draws from: aim for MIX_TARGET of them, or
+    # every read unit when there are fewer; more reads than that decode more without mixing more.
+    per_window = cap / float(s.lengths.mean())
+    places = min(MIX_TARGET, len(s.lengths))
+    mixing = min(limit, max(1, math.ceil(places / per_window)))
+    if mixing <= fitting:
+        return fitting, forced or f"a window holds {per_window:.0f} read units: one read per chunk mixes"
+    return mixing, (
+        f"a window holds {per_window:.1f} of {len(s.lengths)} read units; reading each chunk {mixing}x lets it "
+        f"draw from about {places} places of the array"
+    )
+
+
+def _too_small(s: _Setting, options: LoaderOptions, mixed: bool) -> MemoryBudgetError:
+    budget = options.memory_budget
+    reads = MAX_AUTO_READS if options.reads_per_chunk == "auto" and options.shuffle else options.reads_per_chunk
+    reads = max(1, min(1 if reads == "auto" else int(reads), s.max_len))
+    part = math.ceil(s.max_len / reads)
+    windowed = [a for a in s.arrays if a.bounds is not None]
+    per_sample = _window_bytes(s, options, windowed, [])
+    works = SLOTS * per_sample * (part + options.batch_size)  # streaming every array: always a layout
+    lo = 1
+    while lo < works:  # the smallest that works: holding small arrays or all the data may take less
+        mid = (lo + works) // 2
+        if _decide(s, options, mid, mixed) is not None:
+            works = mid
+        else:
+            lo = mid + 1
+    unit = f"a chunk of up to {s.max_len} samples" + (f" of {s.unit.name}" if s.unit else "")
+    return MemoryBudgetError(
+        f"memory_budget={format_bytes(budget)} is too small: each of the {SLOTS} windows the loader holds must "
+        f"fit one read unit ({unit} read {reads}x = {part} samples) plus one batch ({options.batch_size} samples) "
+        f"at {per_sample} bytes per sample; the smallest budget that works is {format_bytes(works)} ({works} "
+        "bytes). Raise memory_budget, lower batch_size, or store smaller chunks."
+    )

@@ -1,0 +1,220 @@
+"""LoaderOptions: the knobs of a loader, validated once; the one place they are documented."""
+
+from __future__ import annotations
+
+import dataclasses
+import secrets
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from daskfeed.errors import InputError, InputTypeError, MemoryBudgetError
+
+__all__ = [
+    "DEFAULT_MEMORY_BUDGET",
+    "KNOBS",
+    "LoaderOptions",
+    "Shard",
+    "check_int",
+    "parse_bytes",
+    "parse_loader_options",
+]
+
+#: 1 GiB: small enough for a laptop, large enough that a window holds dozens of typical chunks.
+DEFAULT_MEMORY_BUDGET = 2**30
+#: No machine has more; a larger number is a typo (and overflows the plan's int64 arithmetic).
+MAX_MEMORY_BUDGET = 2**60
+#: Names dask's ``scheduler=`` understands, besides a ``distributed.Client``.
+_SCHEDULER_NAMES = ("threads", "threading", "synchronous", "sync", "single-threaded", "processes", "multiprocessing")
+
+
+def parse_bytes(value: int | str, name: str = "memory_budget") -> int:
+    """``"512MB"`` -> ``512_000_000``; ``"1GiB"`` -> ``1_073_741_824``; ints pass through.
+
+    Parsing is dask's (``dask.utils.parse_bytes``); errors name the argument.
+
+    Examples
+    --------
+    >>> parse_bytes("512MB"), parse_bytes("1.5 GiB"), parse_bytes(4096)
+    (512000000, 1610612736, 4096)
+    """
+    from dask.utils import parse_bytes as dask_parse_bytes
+
+    if isinstance(value, bool) or not isinstance(value, (int, str, np.integer)):
+        raise MemoryBudgetError(
+            f"{name} must be a number of bytes or a string like '512MB', got {type(value).__name__} {value!r}"
+        )
+    if isinstance(value, str):
+        try:
+            value = dask_parse_bytes(value)
+        except (ValueError, TypeError):
+            raise MemoryBudgetError(
+                f"{name}={value!r} is not a size; expected bytes as an int or a string like '512MB' or '2GiB'"
+            ) from None
+    if value <= 0:
+        raise MemoryBudgetError(f"{name} must be positive, got {value}")
+    if value > MAX_MEMORY_BUDGET:
+        raise MemoryBudgetError(f"{name}={value} is larger than any machine's memory; expected at most 2**60 bytes")
+    return int(value)
+
+
+def check_int(name: str, value: Any, minimum: int, also: str = "") -> int:
+    """``value`` as an int, or an error naming ``name`` if it is not an int >= ``minimum``."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
+        raise InputTypeError(f"{name} must be an int >= {minimum}{' ' + also if also else ''}, got {value!r}")
+    if value < minimum:
+        raise InputError(f"{name} must be >= {minimum}{' ' + also if also else ''}, got {value}")
+    return int(value)
+
+
+def _check_bool(name: str, value: Any) -> bool:
+    if not isinstance(value, (bool, np.bool_)):
+        raise InputTypeError(f"{name} must be True or False, got {value!r}")
+    return bool(value)
+
+
+@dataclass(frozen=True)
+class Shard:
+    """``(index, count)``: one of ``count`` disjoint shares of the read units that together make an epoch."""
+
+    index: int
+    count: int
+
+    def __post_init__(self) -> None:
+        if any(isinstance(v, bool) or not isinstance(v, (int, np.integer)) for v in (self.index, self.count)):
+            raise InputTypeError(f"shard must be a tuple (index, count) of two ints, got {self.as_tuple()!r}")
+        if not (self.count >= 1 and 0 <= self.index < self.count):
+            raise InputError(f"shard=(index, count) needs 0 <= index < count, got {self.as_tuple()!r}")
+        object.__setattr__(self, "index", int(self.index))
+        object.__setattr__(self, "count", int(self.count))
+
+    def as_tuple(self) -> tuple[int, int]:
+        return (self.index, self.count)
+
+    @classmethod
+    def parse(cls, value: Shard | tuple[int, int] | None) -> Shard:
+        """A :class:`Shard` from ``None`` (the whole epoch), a tuple ``(index, count)`` or a Shard."""
+        if value is None:
+            return cls(0, 1)
+        if isinstance(value, Shard):
+            return value
+        if not (isinstance(value, tuple) and len(value) == 2):
+            raise InputTypeError(f"shard must be a tuple (index, count) of two ints, got {value!r}")
+        return cls(*value)
+
+
+@dataclass(frozen=True)
+class LoaderOptions:
+    """The knobs of a loader; :func:`daskfeed.as_sequence`, :func:`daskfeed.as_dataset` and
+    :class:`daskfeed.Loader` take each of them as a keyword argument.
+
+    Parameters
+    ----------
+    batch_size : int, default 32
+        Samples per batch; the last batch of an epoch may be smaller unless ``drop_remainder``.
+    shuffle : bool, default True
+        Shuffle samples across chunks each epoch. ``False`` serves storage order.
+    seed : int, optional
+        Seed of the shuffle; the same seed gives the same batches, bit for bit, in every run, from both
+        front-ends and with any number of threads. ``None`` draws one (see ``loader.seed``).
+    drop_remainder : bool, default False
+        Drop the last, smaller batch of each epoch (gives ``as_dataset`` a static batch dimension).
+    memory_budget : int or str, default 1 GiB
+        Bytes of decoded data the loader may hold at once (``"512MB"``, ``"2GiB"`` or an int). When every
+        array fits with room to serve, all chunks are decoded once, in parallel, before the first batch, and
+        every epoch is a full shuffle in memory. Otherwise small arrays (labels, weights: up to 5% of the
+        budget together) are held whole and the rest is read in windows: three at once (one served, two
+        computed ahead), each a third of what is left.
+    reads_per_chunk : int or "auto", default "auto"
+        How many times each chunk is read per epoch, each read keeping a disjoint share of its samples. More
+        reads mix samples from more places of the array at the same memory, for more decoding. ``1`` decodes
+        every chunk once per epoch. ``"auto"`` reads a chunk more than once only when a window could not
+        otherwise draw from about 32 places of the array (or hold a chunk at all), and never for stores
+        ``daskfeed ingest --shuffle`` wrote. Data that fits the budget is decoded once, whatever this says.
+    scheduler : str or distributed.Client, optional
+        The dask scheduler that computes chunks: ``None`` (dask's configured default), ``"threads"``,
+        ``"synchronous"``, ``"processes"``, or a ``distributed.Client``.
+    shard : tuple of (int, int), optional
+        ``(index, count)``: serve only this worker's share of the read units, the same share every epoch;
+        the ``count`` shards partition each epoch.
+
+    Examples
+    --------
+    >>> from daskfeed import LoaderOptions
+    >>> options = LoaderOptions(batch_size=128, seed=0, memory_budget="512MB")
+    >>> options.memory_budget, options.shard
+    (512000000, Shard(index=0, count=1))
+    >>> LoaderOptions(batch_size=0)
+    Traceback (most recent call last):
+    ...
+    daskfeed.errors.InputError: batch_size must be >= 1, got 0
+    """
+
+    batch_size: int = 32
+    shuffle: bool = True
+    seed: int | None = None
+    drop_remainder: bool = False
+    memory_budget: int | str = DEFAULT_MEMORY_BUDGET
+    reads_per_chunk: int | str = "auto"
+    scheduler: Any = None
+    shard: Shard | tuple[int, int] | None = None
+
+    def __post_init__(self) -> None:
+        def put(name: str, value: Any) -> None:
+            object.__setattr__(self, name, value)
+
+        put("batch_size", check_int("batch_size", self.batch_size, 1))
+        put("shuffle", _check_bool("shuffle", self.shuffle))
+        put("drop_remainder", _check_bool("drop_remainder", self.drop_remainder))
+        put("seed", secrets.randbits(63) if self.seed is None else check_int("seed", self.seed, 0))
+        if self.seed >= 2**63:
+            raise InputError(f"seed must be < 2**63, got {self.seed}")
+        put("memory_budget", parse_bytes(self.memory_budget))
+        if self.reads_per_chunk != "auto":
+            put("reads_per_chunk", check_int("reads_per_chunk", self.reads_per_chunk, 1, also="or 'auto'"))
+            if not self.shuffle and self.reads_per_chunk != 1:
+                raise InputError(
+                    f"shuffle=False serves samples in storage order, which reads each chunk once; got "
+                    f"reads_per_chunk={self.reads_per_chunk}. Pass reads_per_chunk=1 or 'auto'."
+                )
+        _check_scheduler(self.scheduler)
+        put("shard", Shard.parse(self.shard))
+
+
+#: The names of the knobs, in the order of :class:`LoaderOptions`.
+KNOBS = tuple(f.name for f in dataclasses.fields(LoaderOptions))
+
+
+def _check_scheduler(scheduler: Any) -> None:
+    if scheduler is None or callable(getattr(scheduler, "get", None)):
+        return
+    if isinstance(scheduler, str) and scheduler in _SCHEDULER_NAMES:
+        return
+    raise InputError(
+        f"scheduler must be None, one of {', '.join(map(repr, _SCHEDULER_NAMES))}, or a distributed.Client; "
+        f"got {scheduler!r}"
+    )
+
+
+def parse_loader_options(options: LoaderOptions | Mapping | None = None, **knobs: Any) -> LoaderOptions:
+    """A :class:`LoaderOptions` from an options object, a dict of knobs or None, with ``knobs`` on top.
+
+    Unknown knob names are an error that lists the known ones.
+    """
+    if options is None:
+        base: dict = {}
+    elif isinstance(options, LoaderOptions):
+        if not knobs:
+            return options
+        base = {name: getattr(options, name) for name in KNOBS}
+    elif isinstance(options, Mapping):
+        base = dict(options)
+    else:
+        raise InputTypeError(f"options must be a LoaderOptions, a dict of knobs or None, got {type(options).__name__}")
+    base.update(knobs)
+    unknown = sorted(set(base) - set(KNOBS))
+    if unknown:
+        raise InputTypeError(f"unknown loader option {unknown[0]!r}; the options are {', '.join(KNOBS)}")
+    return LoaderOptions(**base)

@@ -1,0 +1,198 @@
+"""Making windows: the rows a window serves, read into its buffers or taken from arrays held in memory."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import Future
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from daskfeed.inputs import Inputs
+from daskfeed.layout import Layout
+from daskfeed.plan import EpochPlan
+from daskfeed.prefetch import BlockSource, ReadJob, Scheduler, UnitRead, read_blocks
+
+__all__ = ["Once", "Window", "WindowMaker"]
+
+
+@dataclass(eq=False)
+class Window:
+    """A window ready to serve: per leaf, the array to take rows from and those rows in serving order.
+
+    For an array read window by window the array is the window's own buffer (a view of ``storage``, which
+    may be larger: the storage of a window that was let go is used again, since writing into fresh memory
+    costs page faults); for an array held in memory it is that array.
+    """
+
+    index: int
+    storage: list[np.ndarray]
+    arrays: list[np.ndarray]
+    takes: list[np.ndarray | slice]
+    #: Bytes this window owns (its storage and its index arrays), bytes decoded to make it, seconds it took.
+    nbytes: int
+    decoded: int
+    seconds: float
+
+
+def storage_rows(storage: list[np.ndarray]) -> int:
+    return len(storage[0]) if storage else 0
+
+
+class Once:
+    """Runs a load once, in whichever thread asks first, while the others wait for it.
+
+    A failed load reaches every thread that waited for it and runs again when asked again.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._future: Future | None = None
+
+    def run(self, load: Callable[[], None]) -> None:
+        with self._lock:
+            future = self._future
+            mine = future is None or (future.done() and future.exception() is not None)
+            if mine:
+                future = self._future = Future()
+        if not mine:
+            future.result()
+            return
+        try:
+            load()
+        except BaseException as err:
+            future.set_exception(err)
+            raise
+        future.set_result(None)
+
+
+class WindowMaker:
+    """Turns ``(plan, window)`` into a :class:`Window`, following the loader's :class:`Layout`.
+
+    Leaves fall in three kinds: numpy arrays (served by global sample index), lazy arrays held in memory
+    (small ones read whole on first use; with a resident layout the others too, this shard's chunks of
+    them), and lazy arrays read into each window's own buffers.
+    """
+
+    def __init__(self, inputs: Inputs, layout: Layout, scheduler: Scheduler):
+        self.inputs, self.layout, self.scheduler = inputs, layout, scheduler
+        leaves = inputs.leaves
+        self._held = [i for i, leaf in enumerate(leaves) if leaf.name in layout.held]
+        self._windowed = [i for i, leaf in enumerate(leaves) if leaf.name in layout.windowed]
+        #: Leaves served by global sample index: numpy arrays and small arrays held whole.
+        self._whole = [i for i, leaf in enumerate(leaves) if not leaf.lazy] + self._held
+        self._once = Once()
+        self._lock = threading.Lock()
+        self._sources: dict[int, BlockSource] = {}
+        self._memory: dict[int, np.ndarray] = {i: leaf.array for i, leaf in enumerate(leaves) if not leaf.lazy}
+        bounds = layout.chunk_bounds
+        if layout.resident and len(layout.shard_chunks) < len(bounds) - 1:
+            # Resident arrays hold this shard's chunks, end to end in storage order.
+            lengths = np.diff(bounds)[layout.shard_chunks]
+            self._base = np.zeros(len(bounds) - 1, np.int64)
+            self._base[layout.shard_chunks] = np.concatenate([[0], np.cumsum(lengths)[:-1]])
+        else:
+            self._base = bounds[:-1]
+        self._global_base = np.array_equal(self._base, bounds[:-1])
+        #: Bytes of arrays held in memory (small arrays read whole, resident arrays), once allocated.
+        self.held_nbytes = 0
+
+    def _source(self, i: int) -> BlockSource:
+        with self._lock:  # the task graph is materialized once, on first use
+            if i not in self._sources:
+                self._sources[i] = BlockSource(self.inputs.leaves[i].array)
+            return self._sources[i]
+
+    def _allocate(self, i: int, rows: int) -> np.ndarray:
+        with self._lock:
+            if i not in self._memory:
+                leaf = self.inputs.leaves[i]
+                self._memory[i] = np.empty((rows, *leaf.sample_shape), leaf.dtype)
+                self.held_nbytes += self._memory[i].nbytes
+            return self._memory[i]
+
+    def make(self, plan: EpochPlan, window: int, storage: list[np.ndarray] | None) -> Window:
+        started = time.perf_counter()
+        decoded = self._load()
+        order = plan.window_order(window)
+        arrays: list[Any] = [None] * len(self.inputs.leaves)
+        takes: list[Any] = [None] * len(self.inputs.leaves)
+        owned: list[Any] = []  # index arrays this window holds
+        ids = None
+        if self._whole:  # by global sample index
+            ids = _contiguous(plan.rows(window, plan.config.chunk_bounds[:-1], order))
+            owned.append(ids)
+            for i in self._whole:
+                arrays[i], takes[i] = self._memory[i], ids
+        if self.layout.resident:
+            rows = ids if self._global_base and ids is not None else _contiguous(plan.rows(window, self._base, order))
+            owned.append(rows)
+            for i in self._windowed:
+                arrays[i], takes[i] = self._memory[i], rows
+            storage = []
+        elif self._windowed:
+            storage, buffers, read = self._read_window(plan, window, storage)
+            decoded += read
+            take = slice(0, plan.window_size(window)) if order is None else order
+            owned += [*storage, take]
+            for i, buffer in zip(self._windowed, buffers):
+                arrays[i], takes[i] = buffer, take
+        nbytes = sum(a.nbytes for a in {id(a): a for a in owned if isinstance(a, np.ndarray)}.values())
+        return Window(window, storage or [], arrays, takes, nbytes, decoded, time.perf_counter() - started)
+
+    def _read_window(self, plan: EpochPlan, window: int, storage: list[np.ndarray] | None):
+        size = plan.window_size(window)
+        leaves = [self.inputs.leaves[i] for i in self._windowed]
+        if storage is None or storage_rows(storage) < size:
+            storage = [np.empty((size, *leaf.sample_shape), leaf.dtype) for leaf in leaves]
+        buffers = [s[:size] for s in storage]
+        first = int(plan.window_offsets[window])
+        units = [
+            UnitRead(int(c), *plan.chunk_range(int(c)), plan.unit_rows(u), int(plan.unit_offsets[u]) - first)
+            for u in plan.units(window)
+            for c in (plan.unit_chunk[u],)
+        ]
+        jobs = [
+            ReadJob(leaf.name, self._source(i), buffer, units)
+            for i, leaf, buffer in zip(self._windowed, leaves, buffers)
+        ]
+        return storage, buffers, read_blocks(jobs, self.scheduler)
+
+    def _load(self) -> int:
+        """Read what the loader holds in memory, once: the small arrays whole and, when the layout is resident,
+        this shard's chunks of every other lazy array. Returns the bytes decoded (0 once they are in)."""
+        if not self._held and not (self.layout.resident and self._windowed):
+            return 0
+        decoded = 0
+
+        def load() -> None:
+            nonlocal decoded
+            n = self.inputs.n_samples
+            jobs = [
+                ReadJob(
+                    self.inputs.leaves[i].name, self._source(i), self._allocate(i, n), [UnitRead(-1, 0, n, None, 0)]
+                )
+                for i in self._held
+            ]
+            if self.layout.resident:
+                bounds, chunks = self.layout.chunk_bounds, self.layout.shard_chunks
+                rows = int((bounds[chunks + 1] - bounds[chunks]).sum())
+                units = [UnitRead(int(c), int(bounds[c]), int(bounds[c + 1]), None, int(self._base[c])) for c in chunks]
+                jobs += [
+                    ReadJob(self.inputs.leaves[i].name, self._source(i), self._allocate(i, rows), units)
+                    for i in self._windowed
+                ]
+            decoded = read_blocks(jobs, self.scheduler)
+
+        self._once.run(load)
+        return decoded
+
+
+def _contiguous(rows: np.ndarray) -> np.ndarray | slice:
+    """``rows`` as a slice when they are a run of consecutive rows (storage order), else as they are."""
+    if len(rows) and int(rows[-1]) - int(rows[0]) == len(rows) - 1 and np.all(np.diff(rows) == 1):
+        return slice(int(rows[0]), int(rows[-1]) + 1)
+    return rows
