@@ -10,7 +10,8 @@ from typing import Any
 import numpy as np
 
 from daskfeed.errors import InputError, StoreError
-from daskfeed.loader import DEFAULT_MEMORY_BUDGET, Loader
+from daskfeed.loader import Loader
+from daskfeed.options import DEFAULT_MEMORY_BUDGET
 
 __all__ = ["BenchResult", "bench"]
 
@@ -35,6 +36,7 @@ class BenchResult:
     in_order_samples_per_s: float
     daskfeed_samples_per_s: float
     first_batch_s: float
+    layout: str = ""
     step_ms: float | None = None
     step_alone_ms: float = 0.0
     step_batches: int = 0
@@ -71,6 +73,7 @@ class BenchResult:
             f"{self.daskfeed_samples_per_s:>12,.0f} samples/s  ({self.ratio:.2f}x in order)",
             f"  daskfeed delivers a batch every {self.loader_ms_per_batch:.2f} ms, after {self.first_batch_s:.1f}s "
             f"for the first window ({self.window_samples:,} samples at most per window)",
+            f"  loader: {self.layout}",
         ]
         if self.step_ms is not None:
             verdict = (
@@ -152,7 +155,7 @@ def bench(
     x = {name: arr for name, (arr, _) in chosen.items()}
     kwargs = dict(batch_size=batch_size, memory_budget=memory_budget, reads_per_chunk=reads_per_chunk)
     probe = Loader(x, seed=seed, **kwargs)  # no thread until a batch is asked for
-    n, window, reads = probe.inputs.n_samples, probe.config.window_samples, probe.reads_per_chunk
+    n, window, reads = probe.inputs.n_samples, probe.layout.window_samples, probe.reads_per_chunk
     # Several windows, so that the loader's steady state is measured, not only its first window.
     count = min(n, samples or max(DEFAULT_SAMPLES, 4 * window))
 
@@ -209,6 +212,7 @@ def bench(
         in_order_samples_per_s=in_order,
         daskfeed_samples_per_s=rate,
         first_batch_s=first_batch_s,
+        layout=probe.layout.describe(),
         step_ms=step_ms,
         step_alone_ms=step_alone,
         step_batches=step_batches,

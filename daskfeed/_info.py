@@ -4,21 +4,22 @@ from __future__ import annotations
 
 import math
 import os
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+from dask.utils import format_bytes
 
-from daskfeed.inputs import open_zarr_node, written_shuffled
-from daskfeed.loader import DEFAULT_MEMORY_BUDGET, parse_bytes
-from daskfeed.plan import MIX_TARGET, SLOTS, format_bytes
+from daskfeed.inputs import open_zarr_node, rewrite_command, written_shuffled
+from daskfeed.layout import ArraySpec, Layout, choose_layout
+from daskfeed.loader import WARN_AMPLIFICATION
+from daskfeed.options import DEFAULT_MEMORY_BUDGET, LoaderOptions, parse_bytes
 
 __all__ = ["ArrayInfo", "StoreInfo", "info"]
 
 #: Below this many decoded bytes a chunk costs more in per-read overhead than in decoding.
 SMALL_CHUNK_BYTES = 256 * 2**10
-#: Above this, a few chunks fill a window of the default memory budget and mixing needs repeated reads.
-LARGE_CHUNK_BYTES = 64 * 2**20
 #: A label array whose chunks differ from the whole by this much (mean total variation distance) is sorted.
 SORTED_DISTANCE = 0.3
 #: Chunks read to check the labels, spread evenly over the sample axis.
@@ -52,6 +53,10 @@ class StoreInfo:
     attrs: dict = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
     label_grouping: dict[str, float] = field(default_factory=dict)
+    #: How a loader with the given batch size and budget reads the store (:meth:`daskfeed.Layout.describe`).
+    loader: str = ""
+    #: What that costs, from one chunk read here: the first batch's wait and an epoch's decoding.
+    estimate: str = ""
 
     def __str__(self) -> str:
         rows = [("array", "shape", "dtype", "chunks", "decoded", "stored", "ratio", "compression")]
@@ -82,6 +87,10 @@ class StoreInfo:
                 f"labels {name!r}: grouping {distance:.2f} (0 = chunks mix classes as a random order does, "
                 "1 = each chunk holds one class)"
             )
+        if self.loader:
+            lines.append(f"loader: {self.loader}")
+        if self.estimate:
+            lines.append(f"  {self.estimate}")
         lines += [f"warning: {w}" for w in self.warnings] or ["no warning"]
         return "\n".join(lines)
 
@@ -135,6 +144,43 @@ def _label_distance(array: Any, chunk: int) -> float | None:
     return float(np.clip((distance(codes) - noise) / max(pure - noise, 1e-9), 0.0, 1.0))
 
 
+def _loader_layout(row: list[tuple[str, Any]], attrs: dict, batch_size: int, budget: int) -> tuple[Layout, str]:
+    """The layout a loader over ``row`` would choose (the loader's own code), and what it would cost here."""
+    specs = [
+        ArraySpec(name, np.dtype(arr.dtype).itemsize * math.prod(arr.shape[1:]), _bounds(arr)) for name, arr in row
+    ]
+    mixed = all(written_shuffled(arr.attrs) for _, arr in row)
+    options = LoaderOptions(batch_size=batch_size, memory_budget=budget, seed=0)
+    layout = choose_layout(specs, row[0][1].shape[0], options, mixed=mixed)
+    unit = dict(row)[layout.unit_array]
+    rows = min(int(unit.chunks[0]), unit.shape[0])
+    started = time.perf_counter()
+    unit[0:rows]  # one chunk, to time decoding here
+    rate = rows * next(a.bytes_per_sample for a in specs if a.name == layout.unit_array)
+    rate /= max(time.perf_counter() - started, 1e-6)
+    if layout.resident:
+        first = sum(a.nbytes for a in specs)
+        epoch = f"later epochs decode nothing (all {format_bytes(first)} held)"
+    else:
+        windowed = sum(a.bytes_per_sample for a in specs if a.name in layout.windowed)
+        first = min(layout.decoded_per_epoch, layout.window_samples * layout.reads_per_chunk * windowed)
+        first += layout.held_bytes
+        epoch = f"an epoch decodes {format_bytes(layout.decoded_per_epoch)} (~{layout.decoded_per_epoch / rate:.1f}s)"
+    return layout, f"first batch in ~{first / rate:.1f}s, {epoch}, at {rate / 1e6:,.0f} MB/s (one chunk read here)"
+
+
+def _bounds(arr: Any) -> np.ndarray:
+    n, step = int(arr.shape[0]), int(arr.chunks[0])
+    return np.append(np.arange(0, n, step, dtype=np.int64), n)
+
+
+def _rewrite(row: list[tuple[str, Any]], where: str) -> str:
+    command = rewrite_command([arr for _, arr in row])
+    return command or (
+        f"Rewrite it with equal chunks of ~4 MiB in random order: daskfeed ingest {where} NEW.zarr --shuffle"
+    )
+
+
 def info(store: Any, *, batch_size: int = 32, memory_budget: int | str = DEFAULT_MEMORY_BUDGET) -> StoreInfo:
     """Describe a zarr store and warn about layouts that make training slow or badly mixed.
 
@@ -154,22 +200,29 @@ def info(store: Any, *, batch_size: int = 32, memory_budget: int | str = DEFAULT
 
     Notes
     -----
-    Warnings: chunks split along axes after the sample axis (every sample then needs several chunk reads);
-    chunks too small (per-read overhead dominates) or too large (a window holds few of them, so samples mix
-    from few places); arrays of different lengths; and integer arrays of class labels whose chunks each hold
-    a different mix of classes than the whole (a store sorted or grouped by label). The label check reads up
-    to 64 chunks spread over the store.
+    ``loader`` is the loader's own decision for this store, batch size and budget (the code that builds its
+    plan): read units, arrays held whole, reads per chunk, decode amplification; ``estimate`` is what that
+    costs here, timed on one chunk read. Warnings: chunks split along axes after the sample axis (every sample
+    then needs several chunk reads); chunks too small (per-read overhead dominates); a layout that decodes
+    more than twice the data it serves (with the ``daskfeed ingest`` command that fixes it); arrays of
+    different lengths; and, unless the data fits the budget, integer arrays of class labels whose chunks each
+    hold a different mix of classes than the whole (a store sorted or grouped by label). The label check reads
+    up to 64 chunks spread over the store.
 
     Examples
     --------
     >>> import numpy as np, zarr, daskfeed
     >>> root = zarr.open_group(zarr.storage.MemoryStore(), mode="w")
     >>> _ = root.create_array("y", data=np.repeat(np.arange(4), 250), chunks=(100,))
-    >>> report = daskfeed.info(root)
+    >>> report = daskfeed.info(root, memory_budget="20KB")
     >>> round(report.label_grouping["y"], 2)
     0.93
     >>> "sorted" in report.warnings[-1]
     True
+    >>> report.loader
+    '10 read units (chunks of y); reads_per_chunk=3, window<=416 samples, decode amplification 3.00x'
+    >>> daskfeed.info(root).loader  # the default budget holds it all
+    '10 read units (chunks of y); all fits the budget: decoded once, then full shuffles in memory'
     """
     import zarr
 
@@ -215,14 +268,10 @@ def info(store: Any, *, batch_size: int = 32, memory_budget: int | str = DEFAULT
                 f"{a.shape}): every sample needs {reads} chunk reads. Rewrite it with `daskfeed ingest` "
                 "(which keeps axes after the sample axis whole), or rechunk those axes to their full length"
             )
-    # Chunk size as the loader sees it: one chunk of every array, on the common chunk length.
-    row = [a for a in arrays if a.shape and lengths.get(a.name) == arrays[0].shape[0]]
-    chunk_len = min(a.chunks[0] for a in row)  # the shortest read
-    plan_len = max(a.chunks[0] for a in row)  # what the loader reads together: whole chunks of every array
-    per_sample = sum(np.dtype(a.dtype).itemsize * math.prod(a.shape[1:]) for a in row)
-    chunk_bytes = chunk_len * per_sample
-    plan_bytes = plan_len * per_sample
-    window = budget // (SLOTS * max(per_sample, 1))
+    row = [(name, arr) for name, arr in members if arr.shape and arr.shape[0] == arrays[0].shape[0]]
+    layout, estimate = _loader_layout(row, attrs, batch_size, budget)
+    chunk_len = min(int(arr.chunks[0]) for _, arr in row)  # the shortest read
+    chunk_bytes = chunk_len * sum(np.dtype(arr.dtype).itemsize * math.prod(arr.shape[1:]) for _, arr in row)
     if chunk_len < batch_size:
         warnings.append(
             f"chunks of {chunk_len} samples are shorter than a batch of {batch_size}: every batch needs several "
@@ -233,13 +282,10 @@ def info(store: Any, *, batch_size: int = 32, memory_budget: int | str = DEFAULT
             f"chunks are small ({chunk_len} samples = {format_bytes(chunk_bytes)} decoded over all arrays): "
             "per-read overhead will dominate decoding. Aim for 1-16 MiB (daskfeed ingest picks ~4 MiB)"
         )
-    shuffled = written_shuffled(attrs)
-    if plan_bytes > LARGE_CHUNK_BYTES or (window < MIX_TARGET * plan_len and not shuffled):
-        held = window / max(plan_len, 1)
+    if layout.amplification > WARN_AMPLIFICATION:
         warnings.append(
-            f"chunks are large ({plan_len:,} samples = {format_bytes(plan_bytes)} decoded): a window of "
-            f"memory_budget={format_bytes(budget)} holds {held:.1f} of them, so reads_per_chunk='auto' reads "
-            "chunks several times per epoch to mix samples. Smaller chunks (1-16 MiB) mix at one read each"
+            f"at memory_budget={format_bytes(budget)} the loader decodes {layout.amplification:.1f}x the data it "
+            f"serves every epoch ({layout.reason}). {_rewrite(row, where)}"
         )
     mixing = {}
     for name, arr in members:
@@ -249,11 +295,11 @@ def info(store: Any, *, batch_size: int = 32, memory_budget: int | str = DEFAULT
         if distance is None:
             continue
         mixing[name] = distance
-        if distance > SORTED_DISTANCE and not shuffled:
+        if distance > SORTED_DISTANCE and not written_shuffled(attrs) and not layout.resident:
             warnings.append(
                 f"labels {name!r} look sorted or grouped along the sample axis (grouping {distance:.2f}; 0 is a "
-                "random order): a window of few chunks sees few "
-                "classes. Rewrite the store with `daskfeed ingest --shuffle`, or keep reads_per_chunk='auto' "
-                "(the default), which reads each chunk several times per epoch to mix them"
+                "random order): a window of few chunks sees few classes. Rewrite the store with `daskfeed "
+                "ingest --shuffle`, or keep reads_per_chunk='auto' (the default), which reads each chunk several "
+                "times per epoch to mix them"
             )
-    return StoreInfo(where, arrays, attrs, warnings, mixing)
+    return StoreInfo(where, arrays, attrs, warnings, mixing, layout.describe(), estimate)

@@ -50,6 +50,8 @@ def test_ingest_then_info_warns_about_sorted_labels_until_shuffled(blobs, capsys
     code, out, _ = run(capsys, "ingest", tmp / "x.npy", tmp / "y.npy", tmp / "sorted.zarr", "--chunk-length", 100)
     assert code == 0 and "2,000 samples in chunks of 100, in source order" in out
     code, out, _ = run(capsys, "info", tmp / "sorted.zarr")
+    assert code == 0 and "all fits the budget: decoded once" in out and "look sorted" not in out  # full shuffles
+    code, out, _ = run(capsys, "info", tmp / "sorted.zarr", "--memory-budget", "20KB")
     assert code == 0
     assert "x      (2000, 8)  float32  (100, 8)" in out
     assert "labels 'y' look sorted or grouped along the sample axis" in out and "--shuffle" in out
@@ -57,7 +59,7 @@ def test_ingest_then_info_warns_about_sorted_labels_until_shuffled(blobs, capsys
         capsys, "ingest", tmp / "x.npy", tmp / "y.npy", tmp / "mixed.zarr", "--chunk-length", 100, "--shuffle"
     )
     assert code == 0 and "shuffled (seed " in out
-    code, out, _ = run(capsys, "info", tmp / "mixed.zarr", "--json")
+    code, out, _ = run(capsys, "info", tmp / "mixed.zarr", "--json", "--memory-budget", "20KB")
     report = json.loads(out)
     assert report["attrs"]["daskfeed"]["shuffled"] is True
     assert report["label_grouping"]["y"] < 0.1
@@ -74,8 +76,9 @@ def test_info_flags_slow_layouts(tmp_path):
     text = "\n".join(report.warnings)
     assert "'across' is chunked along axis 1 too" in text and "every sample needs 4 chunk reads" in text
     assert "chunks of 10 samples are shorter than a batch of 32" in text
-    big = daskfeed.info(tmp_path / "split.zarr", memory_budget="4MB")
-    assert any("chunks are large" in w for w in big.warnings)
+    small = daskfeed.info(tmp_path / "split.zarr", memory_budget="1MB")
+    assert "reads_per_chunk=" in small.loader and "decode amplification" in small.loader
+    assert any("the loader decodes" in w and "daskfeed ingest" in w and "--shuffle" in w for w in small.warnings)
     report = daskfeed.info(tmp_path / "split.zarr")
     assert [a.name for a in report.arrays] == ["across", "tiny", "x"]
     x = next(a for a in report.arrays if a.name == "x")
@@ -115,8 +118,10 @@ def test_bench_command(tmp_path, capsys):
     result = json.loads(out)
     assert code == 0 and result["step_ms"] == 2.0 and result["step_batches"] == 50
     assert isinstance(result["input_bound"], bool) and result["ratio"] > 0
-    code, out, _ = run(capsys, "bench", store, "--samples", 600, "--reads-per-chunk", 2)
+    code, out, _ = run(capsys, "bench", store, "--samples", 600, "--reads-per-chunk", 2, "--memory-budget", "40KB")
     assert code == 0 and "reads_per_chunk=2" in out
+    code, out, _ = run(capsys, "bench", store, "--samples", 600)
+    assert code == 0 and "decoded once" in out
 
 
 @pytest.mark.parametrize(

@@ -184,7 +184,7 @@ def test_loader_reads_shuffled_stores_once_per_chunk_by_default(npy):
         arrays = daskfeed.open_zarr(tmp / name)
         loader = daskfeed.Loader(arrays["x"], arrays["y"], batch_size=10, memory_budget=budget, seed=0)
         reads[name] = loader.reads_per_chunk
-    assert reads["plain.zarr"] > 4 and reads["mixed.zarr"] == 1
+    assert reads["plain.zarr"] > 1 and reads["mixed.zarr"] == 1
 
 
 @settings(max_examples=60, deadline=None)
