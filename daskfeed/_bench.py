@@ -143,65 +143,22 @@ def bench(
         raise InputError(f"step_ms must be a positive number of milliseconds, got {step_ms!r}")
     if samples is not None and (not isinstance(samples, (int, np.integer)) or isinstance(samples, bool) or samples < 1):
         raise InputError(f"samples must be a positive int, got {samples!r}")
-    where, found = _zarr_arrays(store)
-    if arrays is not None:
-        missing = [a for a in arrays if a not in found]
-        if missing:
-            raise StoreError(f"store {where!r} has no array {missing[0]!r}; it has {', '.join(sorted(found))}")
-        chosen = {a: found[a] for a in arrays}
-    else:
-        first = found[min(found)][0].shape[0]
-        chosen = {k: found[k] for k in sorted(found) if found[k][0].shape[0] == first}
+    where, chosen = _choose(store, arrays)
     x = {name: arr for name, (arr, _) in chosen.items()}
     kwargs = dict(batch_size=batch_size, memory_budget=memory_budget, reads_per_chunk=reads_per_chunk)
     probe = Loader(x, seed=seed, **kwargs)  # no thread until a batch is asked for
     n, window, reads = probe.inputs.n_samples, probe.layout.window_samples, probe.reads_per_chunk
     # Several windows, so that the loader's steady state is measured, not only its first window.
     count = min(n, samples or max(DEFAULT_SAMPLES, 4 * window))
-
-    # (1) chunks in order, with zarr, as a hand-written loader at its best reads them
-    started = time.perf_counter()
-    for arr, z in chosen.values():
-        ends = np.cumsum(arr.chunks[0])
-        last = int(np.searchsorted(ends, count))  # the chunk that holds sample count - 1
-        for lo, hi in zip((0, *ends[:last]), ends[: last + 1]):
-            if z is not None:
-                z[int(lo) : int(hi)]
-            else:
-                arr[int(lo) : int(hi)].compute()
-    in_order = count / (time.perf_counter() - started)
-
-    # (2) daskfeed, shuffled, nothing else running; timed from the first batch (the first window is paid once)
+    in_order = _in_order_rate(chosen, count)
     with probe as loader:
-        started = time.perf_counter()
-        batches = _batches(loader)
-        next(batches)
-        first_batch_s = time.perf_counter() - started
-        started = time.perf_counter()
-        done = 0
-        while done < count:
-            done += len(next(iter(next(batches).values())))
-        rate = done / (time.perf_counter() - started)
-        batches.close()
-
-    # (3) the same with a training step of step_ms per batch, against the same steps with no loader
+        first_batch_s, rate = _loader_rate(loader, count)
     step_batches, wall_per_batch, step_alone = 0, 0.0, 0.0
     if step_ms is not None:
         step_batches = max(2, min(math.ceil(count / batch_size), math.ceil(STEP_RUN_SECONDS * 1000 / step_ms)))
-        started = time.perf_counter()
-        calibrate = min(step_batches, max(10, math.ceil(1000 / step_ms)))
-        for _ in range(calibrate):
-            time.sleep(step_ms / 1000)
-        step_alone = 1000 * (time.perf_counter() - started) / calibrate  # a sleep overshoots a little
+        step_alone = _step_alone_ms(step_ms, min(step_batches, max(10, math.ceil(1000 / step_ms))))
         with Loader(x, seed=seed + 1, **kwargs) as loader:
-            batches = _batches(loader)
-            next(batches)
-            started = time.perf_counter()
-            for _ in range(step_batches):
-                next(batches)
-                time.sleep(step_ms / 1000)
-            wall_per_batch = 1000 * (time.perf_counter() - started) / step_batches
-            batches.close()
+            wall_per_batch = _with_steps_ms(loader, step_ms, step_batches)
     return BenchResult(
         store=where,
         arrays=tuple(chosen),
@@ -218,6 +175,68 @@ def bench(
         step_batches=step_batches,
         step_wall_ms_per_batch=wall_per_batch,
     )
+
+
+def _choose(store: Any, arrays: list[str] | None) -> tuple[str, dict[str, tuple[Any, Any]]]:
+    """The arrays to read: those named, or every array of the first array's length."""
+    where, found = _zarr_arrays(store)
+    if arrays is not None:
+        missing = [a for a in arrays if a not in found]
+        if missing:
+            raise StoreError(f"store {where!r} has no array {missing[0]!r}; it has {', '.join(sorted(found))}")
+        return where, {a: found[a] for a in arrays}
+    first = found[min(found)][0].shape[0]
+    return where, {k: found[k] for k in sorted(found) if found[k][0].shape[0] == first}
+
+
+def _in_order_rate(chosen: dict[str, tuple[Any, Any]], count: int) -> float:
+    """Samples/s reading the chunks in order with zarr, one thread: what a hand-written loader at its best does."""
+    started = time.perf_counter()
+    for arr, z in chosen.values():
+        ends = np.cumsum(arr.chunks[0])
+        last = int(np.searchsorted(ends, count))  # the chunk that holds sample count - 1
+        for lo, hi in zip((0, *ends[:last]), ends[: last + 1]):
+            if z is not None:
+                z[int(lo) : int(hi)]
+            else:
+                arr[int(lo) : int(hi)].compute()
+    return count / (time.perf_counter() - started)
+
+
+def _loader_rate(loader: Loader, count: int) -> tuple[float, float]:
+    """Seconds to the first batch, then samples/s over ``count`` samples with nothing else running."""
+    started = time.perf_counter()
+    batches = _batches(loader)
+    next(batches)
+    first_batch_s = time.perf_counter() - started
+    started = time.perf_counter()
+    done = 0
+    while done < count:
+        done += len(next(iter(next(batches).values())))
+    rate = done / (time.perf_counter() - started)
+    batches.close()
+    return first_batch_s, rate
+
+
+def _step_alone_ms(step_ms: float, steps: int) -> float:
+    """Milliseconds a simulated step really takes alone (a sleep overshoots a little)."""
+    started = time.perf_counter()
+    for _ in range(steps):
+        time.sleep(step_ms / 1000)
+    return 1000 * (time.perf_counter() - started) / steps
+
+
+def _with_steps_ms(loader: Loader, step_ms: float, steps: int) -> float:
+    """Milliseconds per batch of a loop that takes a batch, then sleeps ``step_ms`` (the GIL released)."""
+    batches = _batches(loader)
+    next(batches)
+    started = time.perf_counter()
+    for _ in range(steps):
+        next(batches)
+        time.sleep(step_ms / 1000)
+    wall = 1000 * (time.perf_counter() - started) / steps
+    batches.close()
+    return wall
 
 
 def _batches(loader: Loader) -> Any:

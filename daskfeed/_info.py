@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 from dask.utils import format_bytes
 
-from daskfeed.inputs import open_zarr_node, rewrite_command, written_shuffled
+from daskfeed.inputs import TENSOR_KINDS, open_zarr_node, rewrite_command, written_shuffled
 from daskfeed.layout import ArraySpec, Layout, choose_layout
 from daskfeed.loader import WARN_AMPLIFICATION
 from daskfeed.options import DEFAULT_MEMORY_BUDGET, LoaderOptions, parse_bytes
@@ -144,7 +144,7 @@ def _label_distance(array: Any, chunk: int) -> float | None:
     return float(np.clip((distance(codes) - noise) / max(pure - noise, 1e-9), 0.0, 1.0))
 
 
-def _loader_layout(row: list[tuple[str, Any]], attrs: dict, batch_size: int, budget: int) -> tuple[Layout, str]:
+def _loader_layout(row: list[tuple[str, Any]], batch_size: int, budget: int) -> tuple[Layout, str]:
     """The layout a loader over ``row`` would choose (the loader's own code), and what it would cost here."""
     specs = [
         ArraySpec(name, np.dtype(arr.dtype).itemsize * math.prod(arr.shape[1:]), _bounds(arr)) for name, arr in row
@@ -224,19 +224,8 @@ def info(store: Any, *, batch_size: int = 32, memory_budget: int | str = DEFAULT
     >>> daskfeed.info(root).loader  # the default budget holds it all
     '10 read units (chunks of y); all fits the budget: decoded once, then full shuffles in memory'
     """
-    import zarr
-
     budget = parse_bytes(memory_budget)
-    node, found = open_zarr_node(store)
-    where = str(node.store_path) if isinstance(store, (zarr.Group, zarr.Array)) else os.fspath(store)
-    if found is None:
-        members = [(os.path.basename(where.rstrip("/")) or "array", node)]
-        attrs: dict = {}
-    else:
-        members = list(found.items())
-        attrs = dict(node.attrs.asdict())
-    members.sort(key=lambda m: m[0])
-
+    where, members, attrs = _members(store)
     arrays = [
         ArrayInfo(
             name=name,
@@ -249,6 +238,36 @@ def info(store: Any, *, batch_size: int = 32, memory_budget: int | str = DEFAULT
         )
         for name, arr in members
     ]
+    warnings = _shape_warnings(arrays)
+    numeric = [(name, arr) for name, arr in members if getattr(arr.dtype, "kind", "O") in TENSOR_KINDS]
+    for name, arr in members:
+        if (name, arr) not in numeric:
+            warnings.append(
+                f"{name!r} has dtype {arr.dtype}, which cannot become a tensor: a loader cannot read it (encode "
+                "strings or objects as numbers first, or leave the array out)"
+            )
+    row = [(name, arr) for name, arr in numeric if arr.shape and arr.shape[0] == numeric[0][1].shape[0]]
+    if not row:
+        return StoreInfo(where, arrays, attrs, warnings)
+    layout, estimate = _loader_layout(row, batch_size, budget)
+    warnings += _layout_warnings(row, layout, batch_size, budget, where)
+    mixing, sorted_warnings = _label_mixing(row, attrs, layout)
+    return StoreInfo(where, arrays, attrs, warnings + sorted_warnings, mixing, layout.describe(), estimate)
+
+
+def _members(store: Any) -> tuple[str, list[tuple[str, Any]], dict]:
+    """Where the store is, its arrays by name (sorted), and its attributes."""
+    import zarr
+
+    node, found = open_zarr_node(store)
+    where = str(node.store_path) if isinstance(store, (zarr.Group, zarr.Array)) else os.fspath(store)
+    if found is None:
+        return where, [(os.path.basename(where.rstrip("/")) or "array", node)], {}
+    return where, sorted(found.items(), key=lambda m: m[0]), dict(node.attrs.asdict())
+
+
+def _shape_warnings(arrays: list[ArrayInfo]) -> list[str]:
+    """Arrays of different lengths, and arrays chunked along axes after the sample axis."""
     warnings: list[str] = []
     lengths = {a.name: a.shape[0] for a in arrays if a.shape}
     if len(set(lengths.values())) > 1:
@@ -258,9 +277,7 @@ def info(store: Any, *, batch_size: int = 32, memory_budget: int | str = DEFAULT
             + "; only arrays of the same length can feed one loader"
         )
     for a in arrays:
-        if not a.shape:
-            continue
-        if a.chunks[1:] != a.shape[1:]:
+        if a.shape and a.chunks[1:] != a.shape[1:]:
             split = [i + 1 for i, (c, s) in enumerate(zip(a.chunks[1:], a.shape[1:])) if c < s]
             reads = math.prod(math.ceil(s / c) for c, s in zip(a.chunks[1:], a.shape[1:]))
             warnings.append(
@@ -268,8 +285,12 @@ def info(store: Any, *, batch_size: int = 32, memory_budget: int | str = DEFAULT
                 f"{a.shape}): every sample needs {reads} chunk reads. Rewrite it with `daskfeed ingest` "
                 "(which keeps axes after the sample axis whole), or rechunk those axes to their full length"
             )
-    row = [(name, arr) for name, arr in members if arr.shape and arr.shape[0] == arrays[0].shape[0]]
-    layout, estimate = _loader_layout(row, attrs, batch_size, budget)
+    return warnings
+
+
+def _layout_warnings(row: list[tuple[str, Any]], layout: Layout, batch_size: int, budget: int, where: str) -> list:
+    """Chunks shorter than a batch or too small to be worth a read, and a layout that decodes too much."""
+    warnings = []
     chunk_len = min(int(arr.chunks[0]) for _, arr in row)  # the shortest read
     chunk_bytes = chunk_len * sum(np.dtype(arr.dtype).itemsize * math.prod(arr.shape[1:]) for _, arr in row)
     if chunk_len < batch_size:
@@ -287,9 +308,14 @@ def info(store: Any, *, batch_size: int = 32, memory_budget: int | str = DEFAULT
             f"at memory_budget={format_bytes(budget)} the loader decodes {layout.amplification:.1f}x the data it "
             f"serves every epoch ({layout.reason}). {_rewrite(row, where)}"
         )
-    mixing = {}
-    for name, arr in members:
-        if not arr.shape or arr.dtype.kind not in "biu" or (arr.ndim > 1 and math.prod(arr.shape[1:]) != 1):
+    return warnings
+
+
+def _label_mixing(row: list[tuple[str, Any]], attrs: dict, layout: Layout) -> tuple[dict[str, float], list[str]]:
+    """The grouping of each array that looks like class labels, and a warning where a loader would see it."""
+    mixing, warnings = {}, []
+    for name, arr in row:
+        if arr.dtype.kind not in "biu" or (arr.ndim > 1 and math.prod(arr.shape[1:]) != 1):
             continue
         distance = _label_distance(arr, int(arr.chunks[0]))
         if distance is None:
@@ -302,4 +328,4 @@ def info(store: Any, *, batch_size: int = 32, memory_budget: int | str = DEFAULT
                 "ingest --shuffle`, or keep reads_per_chunk='auto' (the default), which reads each chunk several "
                 "times per epoch to mix them"
             )
-    return StoreInfo(where, arrays, attrs, warnings, mixing, layout.describe(), estimate)
+    return mixing, warnings

@@ -425,63 +425,69 @@ def _specs(sources: Any) -> list[tuple[str | None, Any]]:
     return [(None, spec) for spec in sources]
 
 
+def _npz(path: str, name: str | None) -> list[tuple[str, _Part]]:
+    try:
+        zf = zipfile.ZipFile(path)
+    except (zipfile.BadZipFile, OSError) as err:
+        raise InputError(f"cannot read {path!r} as a .npz file: {err}") from err
+    with zf:
+        members = [m for m in zf.namelist() if m.endswith(".npy")]
+        if not members:
+            raise InputError(f".npz file {path!r} holds no array")
+        parts = [_NpzPart(path, zf, member) for member in members]
+    return [(part.key if name is None else f"{name}/{part.key}", part) for part in parts]
+
+
+def _file_parts(path: str, name: str | None, h5: dict) -> list[tuple[str, _Part]]:
+    """The named parts of one path that is not a folder of images."""
+    lower = path.lower()
+    if _is_zarr(path):
+        return _zarr(path, name)
+    if lower.endswith(".npy"):
+        return [(name or os.path.splitext(os.path.basename(path))[0], _NpyPart(path))]
+    if lower.endswith(".npz"):
+        return _npz(path, name)
+    if lower.rpartition(":")[0].endswith(HDF5_SUFFIXES) or lower.endswith(HDF5_SUFFIXES):
+        return _hdf5(path, name, h5)
+    raise InputError(
+        f"source {path!r}: cannot tell how to read it; expected a .npy, .npz or HDF5 ({', '.join(HDF5_SUFFIXES)}) "
+        "file, a zarr store or array, or a folder with one sub-folder of images per class"
+    )
+
+
 def _gather(sources: Any, image_size: tuple[int, int] | None, color_mode: str, h5: dict) -> list[_Source]:
     by_name: dict[str, _Source] = {}
     folders = 0
-
-    def add(name: str, part: _Part) -> None:
-        by_name.setdefault(name, _Source(name)).add(part)
-
     for given, spec in _specs(sources):
-        objects = _objects(given, spec)
-        if objects is not None:
-            for array_name, part in objects:
-                add(array_name, part)
-            continue
-        name, raw = (given, os.fspath(spec)) if given else _split_name(os.fspath(spec))
-        for path in _expand(raw):
-            lower = path.lower()
-            if _is_zarr(path):
-                for array_name, part in _zarr(path, name):
-                    add(array_name, part)
-            elif os.path.isdir(path):
-                if name is not None:
-                    raise InputError(
-                        f"source {spec!r}: NAME= is for files; a folder of images becomes arrays 'images' and 'labels'"
-                    )
-                folders += 1
-                if folders > 1:
-                    raise InputError("give at most one folder of images per ingest; each class is a sub-folder")
-                for src in _image_folder(path, image_size, color_mode):
-                    if src.name in by_name:
-                        raise InputError(f"array name {src.name!r} is given twice; rename the other with NAME=")
-                    by_name[src.name] = src
-            elif lower.endswith(".npy"):
-                add(name or os.path.splitext(os.path.basename(path))[0], _NpyPart(path))
-            elif lower.endswith(".npz"):
-                try:
-                    zf = zipfile.ZipFile(path)
-                except (zipfile.BadZipFile, OSError) as err:
-                    raise InputError(f"cannot read {path!r} as a .npz file: {err}") from err
-                with zf:
-                    members = [m for m in zf.namelist() if m.endswith(".npy")]
-                    if not members:
-                        raise InputError(f".npz file {path!r} holds no array")
-                    for member in members:
-                        part = _NpzPart(path, zf, member)
-                        add(part.key if name is None else f"{name}/{part.key}", part)
-            elif lower.rpartition(":")[0].endswith(HDF5_SUFFIXES) or lower.endswith(HDF5_SUFFIXES):
-                for array_name, part in _hdf5(path, name, h5):
-                    add(array_name, part)
-            else:
-                raise InputError(
-                    f"source {path!r}: cannot tell how to read it; expected a .npy, .npz or HDF5 "
-                    f"({', '.join(HDF5_SUFFIXES)}) file, a zarr store or array, or a folder with one sub-folder of "
-                    "images per class"
-                )
-    if not by_name:
+        found = _objects(given, spec)
+        if found is None:
+            name, raw = (given, os.fspath(spec)) if given else _split_name(os.fspath(spec))
+            found = []
+            for path in _expand(raw):
+                if os.path.isdir(path) and not _is_zarr(path):
+                    if name is not None:
+                        raise InputError(
+                            f"source {spec!r}: NAME= is for files; a folder of images becomes arrays 'images' "
+                            "and 'labels'"
+                        )
+                    folders += 1
+                    if folders > 1:
+                        raise InputError("give at most one folder of images per ingest; each class is a sub-folder")
+                    for src in _image_folder(path, image_size, color_mode):
+                        if src.name in by_name:
+                            raise InputError(f"array name {src.name!r} is given twice; rename the other with NAME=")
+                        by_name[src.name] = src
+                else:
+                    found += _file_parts(path, name, h5)
+        for array_name, part in found:
+            by_name.setdefault(array_name, _Source(array_name)).add(part)
+    return _checked(list(by_name.values()))
+
+
+def _checked(arrays: list[_Source]) -> list[_Source]:
+    """The arrays, once they are known to share one length on the sample axis."""
+    if not arrays:
         raise InputError("no source given; expected .npy / .npz / HDF5 files, zarr stores or a folder of images")
-    arrays = list(by_name.values())
     lengths = {s.name: s.shape[0] for s in arrays}
     if len(set(lengths.values())) > 1:
         listed = ", ".join(f"{k!r} {v}" for k, v in lengths.items())

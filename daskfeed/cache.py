@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future
 from dataclasses import asdict, dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -163,10 +164,35 @@ class WindowCache:
                     self.released.add(key)
             self.cond.notify_all()
 
-    def count(self, batches: int, samples: int) -> None:
+    def take(self, plan: EpochPlan, first: int, last: int, leaves: Sequence[Any]) -> list[np.ndarray]:
+        """Batches ``first`` to ``last - 1`` of ``plan`` as one array per leaf, cut a window at a time.
+
+        A window is pinned only while its rows are copied, and a batch never waits for a window while it
+        holds another, so concurrent callers cannot deadlock over the slots.
+        """
+        start, stop = plan.batch_span(first)[0], plan.batch_span(last - 1)[1]
+        out = [np.empty((stop - start, *leaf.sample_shape), leaf.dtype) for leaf in leaves]
+        for w in plan.windows_of(start, stop):
+            entry = self.acquire(plan, w)
+            served = None
+            try:
+                window = self.wait(entry)
+                base = int(plan.window_offsets[w])
+                lo, hi = max(start, base) - base, min(stop, int(plan.window_offsets[w + 1])) - base
+                dest = slice(lo + base - start, hi + base - start)
+                for array, take, o in zip(window.arrays, window.takes, out):
+                    if isinstance(take, slice):
+                        o[dest] = array[take.start + lo : take.start + hi]
+                    else:
+                        np.take(array, take[lo:hi], axis=0, out=o[dest])
+                batches = plan.batches_of(w)
+                served = range(max(first, batches.start), min(last, batches.stop))
+            finally:
+                self.release(plan, w, entry, served)
         with self.cond:
-            self.stats.batches += batches
-            self.stats.samples += samples
+            self.stats.batches += last - first
+            self.stats.samples += stop - start
+        return out
 
     def forget_epoch(self, epoch: int) -> None:
         """Let go of an epoch's windows that nobody pins (and cancel those not started)."""

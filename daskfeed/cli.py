@@ -7,9 +7,13 @@ import json
 import os
 import sys
 from dataclasses import asdict
+from typing import Any
 
-from daskfeed._ingest import COMPRESSIONS, partial_path
+from dask.utils import format_bytes
+
+from daskfeed._ingest import COMPRESSIONS, DEFAULT_CHUNK_BYTES, DEFAULT_INGEST_MEMORY, partial_path
 from daskfeed.errors import DaskfeedError
+from daskfeed.options import DEFAULT_MEMORY_BUDGET
 
 __all__ = ["main"]
 
@@ -17,22 +21,64 @@ __all__ = ["main"]
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="daskfeed",
-        description="Turn arrays and images into a chunked zarr store, see what a store holds, and measure "
-        "how fast daskfeed feeds training from it.",
+        description="Turn arrays, images and zarr stores into a chunked zarr store, see what a store holds, and "
+        "measure how fast daskfeed feeds training from it.",
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _ingest_parser(commands)
+    # What info and bench share: a store, the loader's budget, JSON output.
+    store = argparse.ArgumentParser(add_help=False)
+    store.add_argument("store", metavar="STORE")
+    store.add_argument(
+        "--memory-budget",
+        default=DEFAULT_MEMORY_BUDGET,
+        help=f"the loader's memory budget (default {format_bytes(DEFAULT_MEMORY_BUDGET)})",
+    )
+    store.add_argument("--json", action="store_true", help="print JSON instead of text")
+    info = commands.add_parser(
+        "info",
+        parents=[store],
+        help="what a store holds, how a loader reads it, and layouts that will be slow",
+        description="Each array's shape, dtype, chunks, size and compression ratio; how a loader with this budget "
+        "reads the store (read units, reads per chunk, decode amplification, first-batch estimate); warnings "
+        "for layouts that will be slow, with the command that fixes them, and for labels sorted along the "
+        "sample axis.",
+    )
+    info.add_argument("--batch-size", type=int, default=32, help="the batch size you train with (default 32)")
+    bench = commands.add_parser(
+        "bench",
+        parents=[store],
+        help="daskfeed's samples/s on a store, and whether a training step would wait for data",
+        description="Measure daskfeed's shuffled samples/s on STORE against reading its chunks in order, and "
+        "with --step-ms, whether a training step of that many milliseconds per batch would wait for data.",
+    )
+    bench.add_argument("--batch-size", type=int, default=128, help="default 128")
+    bench.add_argument("--step-ms", type=float, help="milliseconds one training step takes per batch")
+    bench.add_argument(
+        "--samples", type=int, help="samples per measurement (default: 100,000 or four windows, at most the store)"
+    )
+    bench.add_argument("--reads-per-chunk", default="auto", help="'auto' (default) or an int")
+    bench.add_argument("--arrays", nargs="+", metavar="NAME", help="arrays to read (default: all)")
+    return parser
 
+
+def _ingest_parser(commands: Any) -> None:
     ingest = commands.add_parser(
         "ingest",
-        help="write .npy / .npz / HDF5 files or a folder of images into one zarr store",
-        description="Write .npy / .npz / HDF5 files or a folder of images (one sub-folder per class) into one "
-        "chunked, compressed zarr store. NAME=PATH names the array a file goes into; files with the same name "
-        "are put end to end. HDF5: FILE.h5 takes every dataset, FILE.h5:PATH one.",
+        help="write .npy / .npz / HDF5 files, zarr stores or a folder of images into one zarr store",
+        description="Write .npy / .npz / HDF5 files, zarr stores or arrays, or a folder of images (one "
+        "sub-folder per class) into one chunked, compressed zarr store. NAME=PATH names the array a source goes "
+        "into; files with the same name are put end to end. HDF5: FILE.h5 takes every dataset, FILE.h5:PATH "
+        "one. A zarr store takes every array (STORE/ARRAY one), rechunked along the sample axis only.",
     )
-    ingest.add_argument("sources", nargs="+", metavar="SRC", help="source files or folder ([NAME=]PATH)")
+    ingest.add_argument("sources", nargs="+", metavar="SRC", help="source files, stores or folder ([NAME=]PATH)")
     ingest.add_argument("dest", metavar="DEST", help="the zarr store to write (a local directory)")
     ingest.add_argument("--chunk-length", type=int, help="samples per chunk (default: from --chunk-bytes)")
-    ingest.add_argument("--chunk-bytes", default="4MiB", help="decoded bytes per chunk row (default 4MiB)")
+    ingest.add_argument(
+        "--chunk-bytes",
+        default=DEFAULT_CHUNK_BYTES,
+        help=f"decoded bytes per chunk row (default {format_bytes(DEFAULT_CHUNK_BYTES)})",
+    )
     ingest.add_argument("--compression", choices=COMPRESSIONS, default="zstd", help="default zstd")
     ingest.add_argument("--shuffle", action="store_true", help="write samples in a random permutation")
     ingest.add_argument("--seed", type=int, help="seed of the --shuffle permutation")
@@ -40,41 +86,12 @@ def _parser() -> argparse.ArgumentParser:
     ingest.add_argument("--color-mode", choices=("rgb", "grayscale", "rgba"), default="rgb")
     ingest.add_argument(
         "--memory",
-        default="1GiB",
-        help="memory --shuffle may use to place a bucket of samples (default 1GiB)",
+        default=DEFAULT_INGEST_MEMORY,
+        help=f"memory --shuffle may use to place a bucket of samples (default {format_bytes(DEFAULT_INGEST_MEMORY)})",
     )
     ingest.add_argument("--workers", type=int, help="threads reading and writing chunks (default: one per core)")
     ingest.add_argument("--overwrite", action="store_true", help="replace DEST once the new store is complete")
     ingest.add_argument("--quiet", action="store_true", help="no progress bar")
-
-    info = commands.add_parser(
-        "info",
-        help="what a store holds, and layouts that will be slow",
-        description="Each array's shape, dtype, chunks, size and compression ratio; warnings for layouts that "
-        "will be slow and for labels sorted along the sample axis.",
-    )
-    info.add_argument("store", metavar="STORE")
-    info.add_argument("--batch-size", type=int, default=32, help="the batch size you train with (default 32)")
-    info.add_argument("--memory-budget", default="1GiB", help="the loader's memory budget (default 1GiB)")
-    info.add_argument("--json", action="store_true", help="print JSON instead of text")
-
-    bench = commands.add_parser(
-        "bench",
-        help="daskfeed's samples/s on a store, and whether a training step would wait for data",
-        description="Measure daskfeed's shuffled samples/s on STORE against reading its chunks in order, and "
-        "with --step-ms, whether a training step of that many milliseconds per batch would wait for data.",
-    )
-    bench.add_argument("store", metavar="STORE")
-    bench.add_argument("--batch-size", type=int, default=128, help="default 128")
-    bench.add_argument("--step-ms", type=float, help="milliseconds one training step takes per batch")
-    bench.add_argument(
-        "--samples", type=int, help="samples per measurement (default: 100,000 or four windows, at most the store)"
-    )
-    bench.add_argument("--memory-budget", default="1GiB", help="the loader's memory budget (default 1GiB)")
-    bench.add_argument("--reads-per-chunk", default="auto", help="'auto' (default) or an int")
-    bench.add_argument("--arrays", nargs="+", metavar="NAME", help="arrays to read (default: all)")
-    bench.add_argument("--json", action="store_true", help="print JSON instead of text")
-    return parser
 
 
 def _ingest(args: argparse.Namespace) -> int:

@@ -33,7 +33,17 @@ class InputTypeError(DaskfeedError, TypeError):
 
 
 class MemoryBudgetError(InputError):
-    """``memory_budget`` is malformed or too small for the data and batch size."""
+    """``memory_budget`` is malformed or too small for the data and batch size.
+
+    Attributes
+    ----------
+    smallest : int or None
+        When the budget is too small, the smallest budget that works (bytes), else None.
+    """
+
+    def __init__(self, message: str, *, smallest: int | None = None):
+        super().__init__(message)
+        self.smallest = smallest
 
 
 class StoreError(InputError):
@@ -77,7 +87,7 @@ _PACKAGE = os.path.dirname(os.path.abspath(__file__))
 
 def warn(message: str, category: type[DaskfeedWarning]) -> None:
     """Warn so that the warning points at the first line outside daskfeed (and outside ``threading``)."""
-    frame, level = sys._getframe(1), 1
+    frame, level = sys._getframe(1), 2  # level 1 would be this function
     while frame is not None and (
         frame.f_code.co_filename.startswith(_PACKAGE) or frame.f_code.co_filename.endswith("threading.py")
     ):

@@ -318,5 +318,6 @@ def _too_small(s: _Setting, options: LoaderOptions, mixed: bool) -> MemoryBudget
         f"memory_budget={format_bytes(budget)} is too small: each of the {SLOTS} windows the loader holds must "
         f"fit one read unit ({unit} read {reads}x = {part} samples) plus one batch ({options.batch_size} samples) "
         f"at {per_sample} bytes per sample; the smallest budget that works is {format_bytes(works)} ({works} "
-        "bytes). Raise memory_budget, lower batch_size, or store smaller chunks."
+        "bytes). Raise memory_budget, lower batch_size, or store smaller chunks.",
+        smallest=works,
     )

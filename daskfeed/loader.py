@@ -252,33 +252,7 @@ class Loader:
         return runtime
 
     def _fill(self, plan: EpochPlan, first: int, last: int) -> list[np.ndarray]:
-        """Batches ``first`` to ``last - 1`` of ``plan`` as one array per leaf, a window at a time.
-
-        A window is pinned only while its rows are copied, and a batch never waits for a window while it
-        holds another, so concurrent callers cannot deadlock over the slots.
-        """
-        cache = self._live().cache
-        start, stop = plan.batch_span(first)[0], plan.batch_span(last - 1)[1]
-        out = [np.empty((stop - start, *leaf.sample_shape), leaf.dtype) for leaf in self.inputs.leaves]
-        for w in plan.windows_of(start, stop):
-            entry = cache.acquire(plan, w)
-            served = None
-            try:
-                window = cache.wait(entry)
-                base = int(plan.window_offsets[w])
-                lo, hi = max(start, base) - base, min(stop, int(plan.window_offsets[w + 1])) - base
-                dest = slice(lo + base - start, hi + base - start)
-                for array, take, o in zip(window.arrays, window.takes, out):
-                    if isinstance(take, slice):
-                        o[dest] = array[take.start + lo : take.start + hi]
-                    else:
-                        np.take(array, take[lo:hi], axis=0, out=o[dest])
-                batches = plan.batches_of(w)
-                served = range(max(first, batches.start), min(last, batches.stop))
-            finally:
-                cache.release(plan, w, entry, served)
-        cache.count(last - first, stop - start)
-        return out
+        return self._live().cache.take(plan, first, last, self.inputs.leaves)
 
     def _forget(self, epoch: int) -> None:
         runtime = self._runtime

@@ -42,3 +42,61 @@ def test_processes_scheduler_gathers_into_the_window(xy_store):
         got = [remote.batch(i)[1] for i in range(len(remote))]
     for a, b in zip(got, expected):
         np.testing.assert_array_equal(a, b)
+
+
+SHARED_CLUSTER_CLIENT = """
+import sys, numpy as np, daskfeed
+from distributed import Client
+address, store, index, out = sys.argv[1:]
+with Client(address) as client:
+    arrays = daskfeed.open_zarr(store)
+    kwargs = dict(batch_size=50, seed=0, memory_budget="40KB", shard=(int(index), 2), scheduler=client)
+    with daskfeed.Loader(arrays["x"], arrays["y"], **kwargs) as loader:
+        served = []
+        for _ in range(2):
+            for x, y in loader:
+                assert (x[:, 0] == y).all(), "an image came with another sample's label"
+                served.append(y)
+np.save(out, np.concatenate(served))
+"""
+
+
+def test_two_processes_sharing_a_cluster_each_get_their_own_samples(tmp_path):
+    """Two training processes (shards of different stores) on one scheduler: task keys never collide."""
+    import subprocess
+    import sys
+
+    from conftest import write_store
+
+    n = 4000
+    stores = []
+    for k, offset in enumerate((0, 100_000)):
+        ids = np.arange(offset, offset + n)
+        x = np.repeat(ids[:, None], 4, axis=1).astype("i8")
+        stores.append(write_store(tmp_path / f"s{k}.zarr", {"x": x, "y": ids}, {"x": 250, "y": 250}))
+    (tmp_path / "client.py").write_text(SHARED_CLUSTER_CLIENT)
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=2, processes=True, dashboard_address=None) as cluster:
+        procs = [
+            subprocess.Popen(
+                [
+                    sys.executable,
+                    str(tmp_path / "client.py"),
+                    cluster.scheduler_address,
+                    store,
+                    str(k),
+                    str(tmp_path / f"{k}.npy"),
+                ],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+            for k, store in enumerate(stores)
+        ]
+        for proc in procs:
+            _, err = proc.communicate(timeout=240)
+            assert proc.returncode == 0, err
+    for k, offset in enumerate((0, 100_000)):
+        served = np.load(tmp_path / f"{k}.npy")
+        assert ((served >= offset) & (served < offset + n)).all()  # only its own store's samples
+        first, second = np.split(served, 2)
+        assert len(np.unique(first)) == len(first) and np.array_equal(np.sort(first), np.sort(second))

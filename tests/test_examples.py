@@ -94,3 +94,20 @@ def test_ingest_benchmark_quick(tmp_path, capsys):
     assert all(r["seconds"] > 0 for r in report["rows"]) and not report["capped"]["ran"]
     assert (tmp_path / "ingest-quick.md").read_text().startswith("# daskfeed ingest: 20,000 images")
     assert "| way of writing the store |" in capsys.readouterr().out
+
+
+def test_layouts_benchmark_quick(tmp_path, capsys):
+    """The layouts benchmark at its smoke size: every layout runs, constructs at a small budget, serves each
+    sample once, partitions into shards, and the report is written."""
+    pytest.importorskip("xarray")
+    layouts = load("benchmarks/layouts.py")
+    report = layouts.main(["--quick", "--work", str(tmp_path / "stores"), "--out", str(tmp_path / "results")])
+    assert [row["layout"] for row in report["rows"]] == list(layouts.LAYOUTS)
+    for row in report["rows"]:
+        small = row["budget_10pct"]
+        assert small["exactly_once"] and small["shards_partition"]
+        assert small["read_units"] == small["x_chunks"]  # never fewer units than the heaviest array's chunks
+        assert row["defaults"]["resident"] and row["defaults"]["windows_computed"] == 1
+        assert 0 <= row["accuracy_10pct"] <= 1
+    assert (tmp_path / "results" / "layouts-quick.md").stat().st_size > 0
+    assert "| layout | x chunks |" in capsys.readouterr().out
