@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -169,7 +170,7 @@ def bench(
         in_order_samples_per_s=in_order,
         daskfeed_samples_per_s=rate,
         first_batch_s=first_batch_s,
-        layout=probe.layout.describe(),
+        layout=re.sub(r"x\['([^']*)'\]", r"\1", probe.layout.describe()),  # the store's names, not x['...']
         step_ms=step_ms,
         step_alone_ms=step_alone,
         step_batches=step_batches,

@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import sys
+import warnings
 from dataclasses import asdict
 from typing import Any
 
 from dask.utils import format_bytes
 
 from daskfeed._ingest import COMPRESSIONS, DEFAULT_CHUNK_BYTES, DEFAULT_INGEST_MEMORY, partial_path
-from daskfeed.errors import DaskfeedError
+from daskfeed.errors import DaskfeedError, DaskfeedWarning
 from daskfeed.options import DEFAULT_MEMORY_BUDGET
 
 __all__ = ["main"]
@@ -177,13 +179,23 @@ def main(argv: list[str] | None = None) -> int:
     """Run the ``daskfeed`` command; returns the exit status (0 done, 1 failed, 2 bad usage, 130 interrupted)."""
     args = _parser().parse_args(argv)
     try:
-        return {"ingest": _ingest, "info": _info, "bench": _bench}[args.command](args)
+        with warnings.catch_warnings():
+            warnings.showwarning = functools.partial(_show_warning, args.command)
+            return {"ingest": _ingest, "info": _info, "bench": _bench}[args.command](args)
     except DaskfeedError as err:
         print(f"daskfeed {args.command}: error: {err}", file=sys.stderr)
         return 1
     except ImportError as err:  # an optional package (Pillow, h5py) missing: the message says what to install
         print(f"daskfeed {args.command}: error: {err}", file=sys.stderr)
         return 1
+
+
+def _show_warning(command: str, message: Warning | str, category: type, *args: Any, **kwargs: Any) -> None:
+    """daskfeed's warnings as the command's own lines on stderr; others as Python shows them."""
+    if issubclass(category, DaskfeedWarning):
+        print(f"daskfeed {command}: warning: {message}", file=sys.stderr)
+    else:
+        warnings._showwarnmsg_impl(warnings.WarningMessage(message, category, *args, **kwargs))  # type: ignore
 
 
 if __name__ == "__main__":
