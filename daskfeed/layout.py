@@ -220,19 +220,28 @@ def _decide(s: _Setting, options: LoaderOptions, budget: int, mixed: bool) -> La
     return None
 
 
-def _resident(s: _Setting, options: LoaderOptions, held, windowed, resident_bytes: int) -> Layout:
+def _layout(s: _Setting, held: list[ArraySpec], windowed: list[ArraySpec], **decided: Any) -> Layout:
     return Layout(
         unit_array=s.unit.name if s.unit else None,
         chunk_bounds=s.bounds,
         shard_chunks=s.chunks,
         held=tuple(a.name for a in held),
         windowed=tuple(a.name for a in windowed),
+        served_per_epoch=s.n_shard * sum(a.bytes_per_sample for a in (*held, *windowed)),
+        **decided,
+    )
+
+
+def _resident(s: _Setting, options: LoaderOptions, held, windowed, resident_bytes: int) -> Layout:
+    return _layout(
+        s,
+        held,
+        windowed,
         resident=True,
         reads_per_chunk=1,
         window_samples=s.n_shard,
         held_bytes=resident_bytes,
         decoded_per_epoch=0,
-        served_per_epoch=s.n_shard * sum(a.bytes_per_sample for a in (*held, *windowed)),
         reason="the data fits the memory budget: each chunk is decoded once, then every epoch is a full shuffle",
     )
 
@@ -245,24 +254,19 @@ def _window_bytes(s: _Setting, options: LoaderOptions, windowed, held) -> int:
 
 def _streaming(s: _Setting, options: LoaderOptions, budget: int, held, mixed: bool) -> Layout | None:
     windowed = [a for a in s.arrays if a.bounds is not None and a not in held]
-    held_bytes = sum(a.nbytes for a in held)
-    cap = (budget - held_bytes) // (SLOTS * _window_bytes(s, options, windowed, held))
+    cap = (budget - sum(a.nbytes for a in held)) // (SLOTS * _window_bytes(s, options, windowed, held))
     reads, reason = _reads(s, options, cap, mixed)
     if reads is None:
         return None
-    decoded = reads * sum(_overlap_bytes(a, s.bounds, s.chunks) for a in windowed)
-    return Layout(
-        unit_array=s.unit.name if s.unit else None,
-        chunk_bounds=s.bounds,
-        shard_chunks=s.chunks,
-        held=tuple(a.name for a in held),
-        windowed=tuple(a.name for a in windowed),
+    return _layout(
+        s,
+        held,
+        windowed,
         resident=False,
         reads_per_chunk=reads,
         window_samples=int(cap),
-        held_bytes=held_bytes,
-        decoded_per_epoch=decoded,
-        served_per_epoch=s.n_shard * sum(a.bytes_per_sample for a in (*held, *windowed)),
+        held_bytes=sum(a.nbytes for a in held),
+        decoded_per_epoch=reads * sum(_overlap_bytes(a, s.bounds, s.chunks) for a in windowed),
         reason=reason,
     )
 

@@ -24,7 +24,6 @@ def test_local_cluster_gives_the_same_batches(xy_store):
             assert remote.stats["windows_computed"] >= 2
         # A default client (scheduler=None) is found as well.
         with daskfeed.Loader(arrays["x"], arrays["y"], **kwargs) as default:
-            assert not default._scheduler.shared_memory
             np.testing.assert_array_equal(default.batch(3)[1], expected[3][1])
     for (x, y), (ex, ey) in zip(got, expected):
         np.testing.assert_array_equal(x, ex)
@@ -38,7 +37,6 @@ def test_processes_scheduler_gathers_into_the_window(xy_store):
     with daskfeed.Loader(arrays["x"], arrays["y"], scheduler="synchronous", **kwargs) as local:
         expected = [local.batch(i)[1] for i in range(len(local))]
     with daskfeed.Loader(arrays["x"], arrays["y"], scheduler="processes", **kwargs) as remote:
-        assert not remote._scheduler.shared_memory
         got = [remote.batch(i)[1] for i in range(len(remote))]
     for a, b in zip(got, expected):
         np.testing.assert_array_equal(a, b)

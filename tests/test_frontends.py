@@ -63,14 +63,21 @@ def test_fit_shuffle_true_is_correct_and_warns_once(blobs):
     seq.close()
 
 
+def trained_weights(seq):
+    model = small_model()
+    model.fit(seq, epochs=2, shuffle=False, verbose=0)
+    seq.close()
+    return model.get_weights()
+
+
 @pytest.mark.parametrize("multiprocessing", [False, True])
 def test_keras_workers_threads_and_processes(blobs, multiprocessing):
-    seq = daskfeed.as_sequence(
-        blobs["x"], blobs["y"], batch_size=64, seed=0, workers=2, use_multiprocessing=multiprocessing
-    )
-    history = small_model().fit(seq, epochs=2, shuffle=False, verbose=0)
-    assert np.isfinite(history.history["loss"]).all()
-    seq.close()
+    """Keras's workers (threads or processes) get the very batches one worker gets: the same weights come out."""
+    kwargs = dict(batch_size=64, seed=0, memory_budget="40KB")
+    expected = trained_weights(daskfeed.as_sequence(blobs["x"], blobs["y"], **kwargs))
+    seq = daskfeed.as_sequence(blobs["x"], blobs["y"], workers=2, use_multiprocessing=multiprocessing, **kwargs)
+    for got, want in zip(trained_weights(seq), expected):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
 
 
 def test_sequence_pickles(blobs):
@@ -146,8 +153,17 @@ def test_multi_input_dicts_and_sample_weights(tmp_path):
     model.fit(seq, epochs=1, shuffle=False, verbose=0)
     ds = daskfeed.as_dataset(x, y, a["w"], batch_size=32, seed=0)
     assert set(ds.element_spec[0]) == {"image", "meta"}
-    model.fit(ds, epochs=1, verbose=0)
+    model.fit(ds, epochs=1, shuffle=False, verbose=0)
     seq.close()
+    # The weights reach the loss: the same batches with every weight doubled give twice the loss.
+    from daskfeed.tf import dataset_from_loader
+
+    doubled = write_store(tmp_path / "w2.zarr", {"w": 2 * weight}, {"w": 50})
+    losses = []
+    for w in (a["w"], daskfeed.open_zarr(doubled)["w"]):
+        with daskfeed.Loader(x, y, w, batch_size=32, seed=0) as loader:
+            losses.append(model.evaluate(dataset_from_loader(loader), verbose=0))
+    np.testing.assert_allclose(losses[1], 2 * losses[0], rtol=1e-4)
 
 
 def test_front_end_bad_knobs(blobs):

@@ -258,56 +258,54 @@ def test_existing_dest_needs_overwrite_and_survives_until_the_new_store_is_compl
     assert sorted(read(tmp / "out.zarr")[0]) == ["x"]
 
 
-class Interrupt:
-    """Let ``allowed`` reads of x.npy through, then stop the ingest as Ctrl-C would; count every read."""
-
-    def __init__(self, monkeypatch, allowed):
-        self.allowed, self.calls = allowed, []
-        original = ingest_mod._NpyPart.read
-
-        def read(part, start, stop):
-            if part.path.endswith("x.npy"):
-                self.calls.append(start)
-                if len(self.calls) > self.allowed:
-                    raise KeyboardInterrupt
-            return original(part, start, stop)
-
-        monkeypatch.setattr(ingest_mod._NpyPart, "read", read)
+READS: list[int] = []
+ALLOWED = [10**9]
 
 
-def test_interrupted_ingest_leaves_no_store_and_a_rerun_finishes_it(npy, monkeypatch):
+def read_until_stopped(block, block_info=None):
+    """A user's dask work on each block: counts the reads, and stops the ingest as Ctrl-C would."""
+    READS.append(block_info[0]["array-location"][0][0])
+    if len(READS) > ALLOWED[0]:
+        raise KeyboardInterrupt
+    return block
+
+
+def stoppable(x, allowed):
+    """x as a dask array of 100-sample blocks that lets ``allowed`` block reads through (a stable dask name)."""
+    import dask.array as da
+
+    READS.clear()
+    ALLOWED[0] = allowed
+    return da.from_array(x, chunks=(100, 4, 3), name="x-source").map_blocks(read_until_stopped, dtype=x.dtype)
+
+
+def test_interrupted_ingest_leaves_no_store_and_a_rerun_finishes_it(npy):
     tmp, x, y = npy
-    sources = [tmp / "x.npy", tmp / "y.npy"]
-    stop = Interrupt(monkeypatch, allowed=3)
     with pytest.raises(KeyboardInterrupt):
-        daskfeed.ingest(sources, tmp / "out.zarr", chunk_length=100, workers=1)
-    assert not os.path.exists(tmp / "out.zarr")
+        daskfeed.ingest({"x": stoppable(x, 3), "y": y}, tmp / "out.zarr", chunk_length=100, workers=1)
+    assert not os.path.exists(tmp / "out.zarr") and len(READS) == 4
     assert os.path.exists(partial_path(tmp / "out.zarr"))
-    monkeypatch.undo()
-    count = Interrupt(monkeypatch, allowed=10**9)
-    report = daskfeed.ingest(sources, tmp / "out.zarr", chunk_length=100)
+    report = daskfeed.ingest({"x": stoppable(x, 10**9), "y": y}, tmp / "out.zarr", chunk_length=100)
     assert report.chunks_resumed == 3 and report.chunks_written == 8
-    assert sorted(count.calls) == list(range(300, 1001, 100))  # only the chunks not yet written
+    assert sorted(READS) == list(range(300, 1001, 100))  # only the chunks not yet written
     data = read(tmp / "out.zarr")[0]
     np.testing.assert_array_equal(data["x"], x)
     np.testing.assert_array_equal(data["y"], y)
-    assert not os.path.exists(partial_path(tmp / "out.zarr")) and len(stop.calls) == 4
+    assert not os.path.exists(partial_path(tmp / "out.zarr"))
 
 
-def test_changed_arguments_restart_an_interrupted_ingest(npy, monkeypatch):
+def test_changed_arguments_restart_an_interrupted_ingest(npy):
     tmp, x, _y = npy
-    Interrupt(monkeypatch, allowed=2)
     with pytest.raises(KeyboardInterrupt):
-        daskfeed.ingest([tmp / "x.npy"], tmp / "out.zarr", chunk_length=100, workers=1)
-    monkeypatch.undo()
-    report = daskfeed.ingest([tmp / "x.npy"], tmp / "out.zarr", chunk_length=90)
+        daskfeed.ingest({"x": stoppable(x, 2)}, tmp / "out.zarr", chunk_length=100, workers=1)
+    report = daskfeed.ingest({"x": stoppable(x, 10**9)}, tmp / "out.zarr", chunk_length=90)
     assert report.chunks_resumed == 0 and report.chunk_length == 90
     np.testing.assert_array_equal(read(tmp / "out.zarr")[0]["x"], x)
 
 
 def test_interrupted_shuffle_resumes_after_its_scatter(npy, monkeypatch):
-    tmp, x, _y = npy
-    sources = [tmp / "x.npy", tmp / "y.npy"]
+    """Stopped while placing buckets (the journal's third bucket mark raises, as Ctrl-C there would)."""
+    tmp, x, y = npy
     placed = []
     original = ingest_mod._Journal.mark
 
@@ -320,11 +318,10 @@ def test_interrupted_shuffle_resumes_after_its_scatter(npy, monkeypatch):
     monkeypatch.setattr(ingest_mod._Journal, "mark", mark)
     kwargs = dict(shuffle=True, seed=3, chunk_length=100, memory=2 * 300 * 64)
     with pytest.raises(KeyboardInterrupt):
-        daskfeed.ingest(sources, tmp / "s.zarr", **kwargs)
+        daskfeed.ingest({"x": stoppable(x, 10**9), "y": y}, tmp / "s.zarr", **kwargs)
     monkeypatch.undo()
-    count = Interrupt(monkeypatch, allowed=10**9)
-    report = daskfeed.ingest(sources, tmp / "s.zarr", **kwargs)
-    assert count.calls == []  # the scatter was done: no source read again
+    report = daskfeed.ingest({"x": stoppable(x, 10**9), "y": y}, tmp / "s.zarr", **kwargs)
+    assert READS == []  # the scatter was done: no source read again
     assert report.chunks_resumed == 6  # two buckets of three chunks each were placed before the stop
     data = read(tmp / "s.zarr")[0]
     np.testing.assert_array_equal(data["x"], x[data["y"]])

@@ -281,23 +281,6 @@ def test_threads_are_named_and_end_when_idle(xy_store):
     loader.close()
 
 
-def test_a_slow_step_never_waits_after_the_first_window(tmp_path):
-    """With a step slower than the loader, only the very first window is waited for."""
-    import time
-
-    n = 6000
-    path = write_store(tmp_path / "s.zarr", {"x": np.zeros((n, 8), "f4"), "y": np.arange(n)}, {"x": 200, "y": 200})
-    arrays = daskfeed.open_zarr(path)
-    loader = daskfeed.Loader(arrays["x"], arrays["y"], batch_size=50, seed=0, memory_budget="60KB", reads_per_chunk=1)
-    assert loader.plan().n_windows >= 10
-    for _epoch in range(2):
-        for _ in loader:
-            time.sleep(0.02)  # the training step: 20 ms a batch, 160 ms a window; a window computes in far less
-    stats = loader.stats
-    loader.close()
-    assert stats["stalls"] == 1, stats  # epoch 1's first window was prefetched during epoch 0
-
-
 def test_interpreter_exit_with_an_open_loader_does_not_hang(xy_store):
     code = (
         "import daskfeed\n"
@@ -373,11 +356,17 @@ def test_parse_bytes():
 
 def test_a_billion_samples_plan_lazily():
     """A 10^9-sample lazy array: construction and the first batch never touch O(samples) memory."""
+    import tracemalloc
+
     x = da.zeros((10**9,), dtype="u1", chunks=10**5)
+    tracemalloc.start()
     loader = daskfeed.Loader(x, batch_size=256, seed=0, memory_budget="3MB")
     assert len(loader) == -(-(10**9) // 256)
     assert loader.batch(0).shape == (256,)
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
     loader.close()
+    assert peak < 256 * 2**20  # the windows of a 3 MB budget, the plan and dask's graph; a permutation is 8 GB
 
 
 def test_import_daskfeed_does_not_import_tensorflow_or_keras():
@@ -387,12 +376,7 @@ def test_import_daskfeed_does_not_import_tensorflow_or_keras():
 
 
 def test_zarr_arrays_are_read_straight_into_windows_and_give_the_same_batches(xy_store):
-    from daskfeed.prefetch import BlockSource
-
     arrays = daskfeed.open_zarr(xy_store)
-    assert BlockSource(arrays["x"]).zarr is not None  # exactly a zarr array: decoded into the window buffer
-    assert BlockSource(arrays["x"] * 1).zarr is None  # any dask work on top goes through the graph
-    assert BlockSource(da.from_array(np.zeros((4, 2)), chunks=2)).zarr is None
     for reads in (1, 3):
         kwargs = dict(batch_size=64, seed=8, memory_budget="60KB", reads_per_chunk=reads)
         with (
