@@ -6,6 +6,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -18,6 +19,9 @@ from daskfeed.prefetch import WorkerPool
 from daskfeed.windows import Window, storage_rows
 
 __all__ = ["CacheStats", "OrderWatch", "WindowCache"]
+
+#: A batch waiting for its window checks this often whether the loader was closed.
+WAIT_SLICE_S = 0.1
 
 
 @dataclass
@@ -140,9 +144,18 @@ class WindowCache:
         return entry
 
     def wait(self, entry: _Entry) -> Window:
-        """The window of a pinned entry, once made (its error, if making it failed)."""
+        """The window of a pinned entry, once made (its error, if making it failed).
+
+        Waits in short slices, so that :meth:`close` from another thread ends the wait at once.
+        """
         began = time.perf_counter()
-        window = entry.future.result()
+        while True:
+            try:
+                window = entry.future.result(timeout=WAIT_SLICE_S)
+                break
+            except FutureTimeout:
+                if self.closed:
+                    raise DaskfeedError("the loader was closed while a batch was being read") from None
         with self.cond:
             self.stats.wait_s += time.perf_counter() - began
         return window
@@ -206,7 +219,11 @@ class WindowCache:
             self.cond.notify_all()
 
     def close(self) -> None:
-        """Cancel windows not started, wait for those being made, free everything. Idempotent."""
+        """Cancel windows not started and free everything, at once. Idempotent.
+
+        A window being made is abandoned, not waited for: its thread ends when the read it is in returns,
+        and the window is dropped; whoever waits for a batch gets :class:`DaskfeedError`.
+        """
         with self.cond:
             self.closed = True
             entries, self.entries = list(self.entries.values()), {}
@@ -214,7 +231,7 @@ class WindowCache:
             self.cond.notify_all()
         for entry in entries:
             entry.future.cancel()
-        self.pool.close(wait=not threading.current_thread().name.startswith("daskfeed-"))
+        self.pool.close(wait=False)
 
     def live_windows(self) -> int:
         """Windows in slots plus spare storage kept; never more than :data:`SLOTS`."""

@@ -190,7 +190,10 @@ class Loader:
         """
         epoch = self._epoch
         try:
-            yield from _ahead(lambda i: self.batch(i, epoch), self._n_batches, self.BATCHES_AHEAD)
+            for batch in _ahead(lambda i: self.batch(i, epoch), self._n_batches, self.BATCHES_AHEAD):
+                if self._closed:  # batches made ahead are not served once the loader is closed
+                    raise DaskfeedError("this loader was closed while it was being iterated")
+                yield batch
         finally:
             self._forget(epoch)
         self.set_epoch(epoch + 1)

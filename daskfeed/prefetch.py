@@ -312,6 +312,16 @@ def read_blocks(jobs: list[ReadJob], scheduler: Scheduler) -> int:
             graph, outs, places = _graph(jobs, local=False)
             _gather_remote(graph, outs, places, scheduler)
     except Exception as err:
+        client = scheduler.client
+        if client is not None and client.status != "running":  # no cluster to ask again, chunk by chunk
+            first = jobs[0]
+            raise ChunkReadError(
+                f"reading array {first.name} failed because the dask cluster went away (client status "
+                f"{client.status!r}): {type(err).__name__}: {err}",
+                array=first.name,
+                chunk=min(first.by_block()),
+                samples=first.source.block_range(min(first.by_block())),
+            ) from err
         raise _locate_failure(jobs, scheduler, err) from err
     decoded = 0
     for job in jobs:
@@ -338,7 +348,9 @@ def _gather_remote(graph: dict, outs: list, places: list, scheduler: Scheduler) 
     futures = scheduler.client.get(graph, outs, sync=False)
     index = {f.key: i for i, f in enumerate(futures)}
     try:
-        for future, values in as_completed(futures, with_results=True):
+        for future, values in as_completed(futures, with_results=True, raise_errors=True):
+            if isinstance(values, BaseException):  # a cancelled future (a lost scheduler) gives its reason
+                raise values
             place(index[future.key], values)
     finally:
         scheduler.client.cancel(futures)

@@ -98,3 +98,50 @@ def test_two_processes_sharing_a_cluster_each_get_their_own_samples(tmp_path):
         assert ((served >= offset) & (served < offset + n)).all()  # only its own store's samples
         first, second = np.split(served, 2)
         assert len(np.unique(first)) == len(first) and np.array_equal(np.sort(first), np.sort(second))
+
+
+def kill_the_worker_on_chunk_7(block, block_info=None):
+    if block_info[0]["chunk-location"][0] == 7:
+        import os
+
+        os._exit(1)  # the worker process dies, every time this chunk is computed
+    return block
+
+
+def test_a_chunk_that_kills_its_worker_every_time_fails_with_the_cause():
+    import dask
+    import dask.array as da
+
+    x = da.from_array(np.arange(40_000).reshape(10_000, 4), chunks=(500, 4)).map_blocks(
+        kill_the_worker_on_chunk_7, dtype="i8"
+    )
+    y = da.from_array(np.arange(10_000), chunks=500)
+    with (
+        dask.config.set({"distributed.scheduler.allowed-failures": 1}),
+        distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster,
+        distributed.Client(cluster) as client,
+    ):
+        loader = daskfeed.Loader(x, y, batch_size=50, seed=0, memory_budget="40KB", scheduler=client)
+        with pytest.raises(daskfeed.ChunkReadError, match=r"array x chunk 7 \(samples 3500-3999\)") as info:
+            for _ in loader:
+                pass
+        loader.close()
+    assert isinstance(info.value.__cause__, distributed.KilledWorker)
+
+
+def test_a_lost_scheduler_fails_with_the_connection_error_as_cause():
+    import dask.array as da
+
+    x = da.from_array(np.arange(40_000).reshape(10_000, 4), chunks=(500, 4))
+    with (
+        distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=None) as cluster,
+        distributed.Client(cluster) as client,
+    ):
+        loader = daskfeed.Loader(x, batch_size=50, seed=0, memory_budget="40KB", scheduler=client)
+        loader.batch(0)
+        client.sync(cluster.scheduler.close)  # the scheduler goes away mid-epoch
+        with pytest.raises(daskfeed.ChunkReadError, match="the dask cluster went away") as info:
+            for i in range(len(loader)):
+                loader.batch(i)
+        loader.close()
+    assert "scheduler" in str(info.value.__cause__) and not isinstance(info.value.__cause__, TypeError)

@@ -270,6 +270,53 @@ def test_breaking_out_and_close_leave_no_thread(xy_store):
     assert join_daskfeed_threads() == []
 
 
+def test_close_does_not_wait_for_a_chunk_being_computed_and_is_final(xy_store):
+    """A chunk stuck in its computation: close() from another thread returns, the waiting batch raises."""
+    stuck, release = threading.Event(), threading.Event()
+
+    def slow(block, block_info=None):
+        if block_info[0]["chunk-location"][0] == 2:
+            stuck.set()
+            release.wait(120)
+        return block
+
+    arrays = daskfeed.open_zarr(xy_store)
+    x = arrays["x"].map_blocks(slow, dtype="f4")
+    loader = daskfeed.Loader(x, arrays["y"], batch_size=10, seed=0, memory_budget="10KB", reads_per_chunk=1)
+    window = next(w for w in range(loader.plan().n_windows) if 2 in loader.plan().unit_chunk[loader.plan().units(w)])
+    index = loader.plan().batches_of(window)[1]
+    failures = []
+
+    def read():
+        try:
+            loader.batch(index)
+        except daskfeed.DaskfeedError as err:
+            failures.append(err)
+
+    reader = threading.Thread(target=read)
+    reader.start()
+    assert stuck.wait(60)
+    loader.close()  # returns although chunk 2 is still being computed
+    reader.join(60)
+    assert not reader.is_alive() and "closed" in str(failures[0]) and not release.is_set()
+    with pytest.raises(daskfeed.DaskfeedError, match="closed"):
+        loader.batch(0)
+    release.set()
+    assert join_daskfeed_threads() == []
+
+
+def test_a_loop_over_a_closed_loader_stops_at_once(xy_store):
+    arrays = daskfeed.open_zarr(xy_store)
+    loader = daskfeed.Loader(arrays["x"], arrays["y"], batch_size=10, seed=0, memory_budget="10KB")
+    served = []
+    with pytest.raises(daskfeed.DaskfeedError, match="closed"):
+        for batch in loader:
+            served.append(batch)
+            if len(served) == 3:
+                loader.close()  # from the loop itself: not one more batch
+    assert len(served) == 3
+
+
 def test_threads_are_named_and_end_when_idle(xy_store):
     arrays = daskfeed.open_zarr(xy_store)
     loader = daskfeed.Loader(arrays["x"], batch_size=10, seed=0, memory_budget="30KB")
