@@ -15,6 +15,7 @@ import numpy as np
 from daskfeed.errors import InputError, InputTypeError, StoreError
 
 __all__ = [
+    "DEFAULT_READ_TIMEOUT",
     "TENSOR_KINDS",
     "Inputs",
     "Leaf",
@@ -48,7 +49,13 @@ def zarr_behind(array: da.Array) -> Any | None:
     return _ZARR_BY_NAME.get(array.name)
 
 
-def open_zarr(store: Any, *, storage_options: dict | None = None) -> dict[str, da.Array] | da.Array:
+#: Seconds a read from a remote store (http, https, s3) may stall before it fails; see :func:`open_zarr`.
+DEFAULT_READ_TIMEOUT = 120.0
+
+
+def open_zarr(
+    store: Any, *, storage_options: dict | None = None, read_timeout: float | None = DEFAULT_READ_TIMEOUT
+) -> dict[str, da.Array] | da.Array:
     """Open a zarr store lazily, as dask arrays with one dask chunk per zarr chunk.
 
     Parameters
@@ -57,6 +64,10 @@ def open_zarr(store: Any, *, storage_options: dict | None = None) -> dict[str, d
         A local path, a URL fsspec understands (``"s3://bucket/train.zarr"``), or an open zarr object.
     storage_options : dict, optional
         Passed to fsspec for URLs (credentials, endpoint, ...).
+    read_timeout : float or None, default 120
+        For ``http(s)://`` and ``s3://`` URLs: seconds a request may wait for data before it fails, so a store
+        that stops answering becomes a :class:`daskfeed.ChunkReadError` naming the chunk instead of a hang.
+        ``None`` waits forever; a timeout you set in ``storage_options`` wins.
 
     Returns
     -------
@@ -79,13 +90,35 @@ def open_zarr(store: Any, *, storage_options: dict | None = None) -> dict[str, d
     >>> arrays["x"].chunks
     ((4, 4, 2), (3,))
     """
-    node, arrays = open_zarr_node(store, storage_options=storage_options)
+    node, arrays = open_zarr_node(store, storage_options=storage_options, read_timeout=read_timeout)
     if arrays is None:
         return _from_zarr(node)
     return {name: _from_zarr(arr) for name, arr in arrays.items()}
 
 
-def open_zarr_node(store: Any, *, storage_options: dict | None = None) -> tuple[Any, dict[str, Any] | None]:
+def _with_timeout(location: str, options: dict | None, seconds: float | None) -> dict | None:
+    """``storage_options`` with a read timeout for the protocols whose clients take one (unless already set)."""
+    options = dict(options or {})
+    protocol = location.split("://", 1)[0].lower()
+    if seconds is None:
+        return options or None
+    if protocol in ("http", "https"):
+        import aiohttp
+
+        client = dict(options.get("client_kwargs", {}))
+        client.setdefault("timeout", aiohttp.ClientTimeout(total=None, sock_connect=seconds, sock_read=seconds))
+        options["client_kwargs"] = client
+    elif protocol in ("s3", "s3a"):
+        config = dict(options.get("config_kwargs", {}))
+        config.setdefault("read_timeout", seconds)
+        config.setdefault("connect_timeout", seconds)
+        options["config_kwargs"] = config
+    return options or None
+
+
+def open_zarr_node(
+    store: Any, *, storage_options: dict | None = None, read_timeout: float | None = DEFAULT_READ_TIMEOUT
+) -> tuple[Any, dict[str, Any] | None]:
     """What ``store`` opens to (a zarr.Group or zarr.Array) and, for a group, its arrays by name.
 
     Arrays in sub-groups are named ``"sub/name"``. Raises what :func:`open_zarr` documents.
@@ -104,6 +137,8 @@ def open_zarr_node(store: Any, *, storage_options: dict | None = None) -> tuple[
         location = os.fspath(store)
         if "://" not in location and not os.path.exists(location):
             raise StoreError(f"store {location!r} does not exist")
+        if "://" in location:
+            storage_options = _with_timeout(location, storage_options, read_timeout)
         try:
             node = zarr.open(location, mode="r", storage_options=storage_options)
         except Exception as err:

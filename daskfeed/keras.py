@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import json
+import os
 import threading
 from typing import Any
 
 import keras
 
-from daskfeed.errors import InputError
+from daskfeed.errors import InputError, InputTypeError
 from daskfeed.loader import Loader
 from daskfeed.options import DEFAULT_MEMORY_BUDGET, KNOBS, check_int
 
-__all__ = ["Sequence", "as_sequence"]
+__all__ = ["BackupAndRestore", "Sequence", "as_sequence"]
 
 
 class Sequence(keras.utils.PyDataset):
@@ -33,17 +35,34 @@ class Sequence(keras.utils.PyDataset):
         self._lock = threading.Lock()
         self._began = False
         self._served = 0
+        #: Batches of the loader's current epoch served before Keras's batch 0 (set by :meth:`restore`).
+        self._offset = 0
 
     def __len__(self) -> int:
         return len(self.loader)
 
     def __getitem__(self, index: int) -> Any:
-        if not 0 <= index < len(self.loader):
-            raise IndexError(f"batch index {index} is out of range for a sequence of {len(self.loader)} batches")
-        batch = self.loader.batch(index)
+        n = len(self.loader)
+        if not 0 <= index < n:
+            raise IndexError(f"batch index {index} is out of range for a sequence of {n} batches")
+        at = self._offset + index  # after a restore, Keras's epochs run on across the loader's epochs
+        batch = self.loader.batch(at % n, self.loader.epoch + at // n)
         with self._lock:
             self._served += 1
         return batch
+
+    def position(self, batches: int) -> int:
+        """The place in the stream of batches (``epoch * len + index``) after ``batches`` of this Keras epoch."""
+        return self.loader.epoch * len(self.loader) + self._offset + batches
+
+    def state_at(self, position: int) -> dict[str, Any]:
+        """:meth:`daskfeed.Loader.state` for a place in the stream of batches."""
+        return self.loader.state(*divmod(position, len(self.loader)))
+
+    def restore(self, state: dict[str, Any]) -> None:
+        """Go back to the place ``state`` records: the next Keras epoch starts with the batch after it."""
+        self.loader.restore(state)
+        self._offset = state["next_batch"]
 
     def on_epoch_begin(self) -> None:
         self._began = True
@@ -143,3 +162,76 @@ def as_sequence(
         raise InputError(f"use_multiprocessing must be True or False, got {use_multiprocessing!r}")
     loader = Loader(x, y, sample_weight, **knobs)
     return Sequence(loader, workers=workers, use_multiprocessing=use_multiprocessing, max_queue_size=max_queue_size)
+
+
+class BackupAndRestore(keras.callbacks.BackupAndRestore):
+    """``keras.callbacks.BackupAndRestore`` that also saves the place of a :class:`Sequence` and restores it, so
+    a ``fit`` killed mid-epoch and started again goes on with exactly the batches the uninterrupted run
+    would have served: none served twice, none skipped.
+
+    Keras alone restores the weights and starts the interrupted epoch again from its first batch. With this
+    callback the restored run starts with the batch after the last one the saved weights had trained on;
+    Keras's epochs then run across daskfeed's epochs (a Keras epoch is still ``len(seq)`` batches), and
+    training stops once as many batches as the uninterrupted run's have been served.
+
+    Parameters
+    ----------
+    backup_dir : str
+        Where the weights, Keras's training state and ``daskfeed_state.json`` are kept (deleted when ``fit``
+        ends normally, as Keras does).
+    sequence : Sequence
+        What ``fit`` trains on, made by :func:`daskfeed.as_sequence` with the same data and knobs each run.
+    save_freq, double_checkpoint, delete_checkpoint
+        As for ``keras.callbacks.BackupAndRestore``: ``save_freq=N`` saves every N batches.
+
+    Examples
+    --------
+    >>> seq = daskfeed.as_sequence(x, y, batch_size=128, seed=0)  # doctest: +SKIP
+    >>> model.fit(seq, epochs=10, shuffle=False,
+    ...           callbacks=[daskfeed.keras.BackupAndRestore("backup", seq, save_freq=500)])  # doctest: +SKIP
+    """
+
+    STATE_FILE = "daskfeed_state.json"
+
+    def __init__(
+        self,
+        backup_dir: str,
+        sequence: Sequence,
+        save_freq: str | int = "epoch",
+        double_checkpoint: bool = False,
+        delete_checkpoint: bool = True,
+    ):
+        if not isinstance(sequence, Sequence):
+            raise InputTypeError(
+                f"sequence must be the daskfeed.keras.Sequence that fit trains on (from daskfeed.as_sequence), "
+                f"got {type(sequence).__name__}"
+            )
+        super().__init__(
+            backup_dir, save_freq=save_freq, double_checkpoint=double_checkpoint, delete_checkpoint=delete_checkpoint
+        )
+        self.sequence = sequence
+        self._state_path = os.path.join(backup_dir, self.STATE_FILE)
+        self._next = self._epoch_start = 0
+
+    def on_train_begin(self, logs: dict | None = None) -> None:
+        super().on_train_begin(logs)
+        if os.path.exists(self._state_path):
+            with open(self._state_path) as f:
+                self.sequence.restore(json.load(f))
+        self._next = self._epoch_start = self.sequence.position(0)
+
+    def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
+        self._epoch_start = self.sequence.position(0)
+
+    def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
+        self._next = self._epoch_start + batch + 1  # the place of the next batch to train on
+        super().on_train_batch_end(batch, logs)
+        if self._next >= self.params["epochs"] * len(self.sequence):
+            self.model.stop_training = True  # as many batches as the uninterrupted run: done
+
+    def _save_model(self) -> None:
+        super()._save_model()  # the weights first: a kill between the two replays batches, never skips them
+        tmp = self._state_path + ".tmp"
+        with open(tmp, "w") as f:
+            json.dump(self.sequence.state_at(self._next), f)
+        os.replace(tmp, self._state_path)

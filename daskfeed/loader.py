@@ -20,6 +20,7 @@ from daskfeed.layout import Layout, choose_layout
 from daskfeed.options import LoaderOptions, check_int, parse_loader_options
 from daskfeed.plan import EpochPlan, PlanConfig
 from daskfeed.prefetch import Scheduler
+from daskfeed.state import check_state, fingerprint, make_state
 from daskfeed.windows import WindowMaker
 
 __all__ = ["Loader"]
@@ -77,7 +78,7 @@ class Loader:
         self.layout: Layout = choose_layout(self.inputs.leaves, self.inputs.n_samples, self.options, mixed=mixed)
         self.config: PlanConfig = self.layout.plan_config(self.options)
         self._scheduler = Scheduler(self.options.scheduler)
-        self._epoch = 0
+        self._epoch = self._next_batch = 0
         first = EpochPlan(self.config, 0)
         if first.n_batches == 0:
             raise InputError(
@@ -147,13 +148,34 @@ class Loader:
         }
 
     def set_epoch(self, epoch: int) -> None:
-        """Move to ``epoch``: a new order; windows of the epoch left are let go. The only way the epoch moves."""
+        """Move to the start of ``epoch``: a new order; windows of the epoch left are let go. The only way the
+        epoch moves."""
         epoch = check_int("epoch", epoch, 0)
-        old, self._epoch = self._epoch, epoch
+        old, self._epoch, self._next_batch = self._epoch, epoch, 0
         runtime = self._runtime
         if runtime is not None and old != epoch:
             runtime.cache.epoch = epoch
             runtime.cache.forget_epoch(old)
+
+    @property
+    def fingerprint(self) -> str:
+        """A digest of the data's shapes and chunking and of the knobs the batches depend on."""
+        return fingerprint(self.inputs, self.config)
+
+    def state(self, epoch: int | None = None, next_batch: int | None = None) -> dict[str, Any]:
+        """A small JSON-able checkpoint of the loader's place: by default where iterating it has got to.
+
+        Batches are a pure function of (seed, epoch, batch index), so this is all a restarted job needs:
+        ``Loader(same data, same knobs).restore(state)`` goes on with exactly the batches that would have come.
+        """
+        epoch = self._epoch if epoch is None else epoch
+        return make_state(self.fingerprint, epoch, self._next_batch if next_batch is None else next_batch)
+
+    def restore(self, state: dict[str, Any]) -> None:
+        """Go back to the place ``state`` records; raises :class:`InputError` if it is another loader's."""
+        epoch, next_batch = check_state(state, self.fingerprint, self._n_batches)
+        self.set_epoch(epoch)
+        self._next_batch = next_batch
 
     def next_epoch(self) -> None:
         """``set_epoch(epoch + 1)``."""
@@ -186,13 +208,15 @@ class Loader:
 
         A thread of its own (``daskfeed-batches-N``) assembles up to :attr:`BATCHES_AHEAD` batches ahead, so
         cutting batches overlaps the caller's training step; it ends with the loop, or when the loop is left.
-        A loop left early does not move the epoch: the next loop serves the same epoch from its start.
+        A loop left early keeps its place: the next loop goes on from the batch after the last one it served
+        (:meth:`state` and :meth:`restore` carry that place across processes).
         """
-        epoch = self._epoch
+        epoch, first = self._epoch, self._next_batch
         try:
-            for batch in _ahead(lambda i: self.batch(i, epoch), self._n_batches, self.BATCHES_AHEAD):
+            for batch in _ahead(lambda i: self.batch(first + i, epoch), self._n_batches - first, self.BATCHES_AHEAD):
                 if self._closed:  # batches made ahead are not served once the loader is closed
                     raise DaskfeedError("this loader was closed while it was being iterated")
+                self._next_batch += 1
                 yield batch
         finally:
             self._forget(epoch)

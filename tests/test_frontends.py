@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import pickle
 import warnings
 
@@ -221,3 +222,71 @@ def test_a_dataset_from_a_loader_you_close(blobs):
         assert loader.epoch == 1  # the second iteration was epoch 1
     assert join_daskfeed_threads() == []
     assert loader.stats["batches"] == 2 * len(loader)
+
+
+RESUME_JOB = """
+import sys, time, numpy as np, keras, daskfeed
+from daskfeed.keras import BackupAndRestore
+store, backup, log, out = sys.argv[1:5]
+arrays = daskfeed.open_zarr(store)
+seq = daskfeed.as_sequence(arrays["x"], arrays["y"], batch_size=50, seed=0, memory_budget="40KB")
+keras.utils.set_random_seed(0)
+model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(1)])
+model.compile(keras.optimizers.SGD(1e-4), "mse")
+resume = BackupAndRestore(backup, seq, save_freq=4)
+
+class Record(keras.callbacks.Callback):
+    def on_train_batch_end(self, batch, logs=None):
+        with open(log, "a") as f:  # the place of the batch just trained on
+            f.write(f"{resume._next - 1}\\n")
+        time.sleep(0.05)
+
+model.fit(seq, epochs=3, shuffle=False, verbose=0, callbacks=[resume, Record()])
+np.save(out, np.concatenate([w.ravel() for w in model.get_weights()]))
+"""
+
+
+def test_a_fit_killed_mid_epoch_and_restarted_serves_exactly_the_uninterrupted_batches(xy_store, tmp_path):
+    """A real fit in a subprocess, SIGKILLed mid-epoch, started again: the batches trained on, and the final
+    weights, are those of a run that was never interrupted."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    script = tmp_path / "job.py"
+    script.write_text(RESUME_JOB)
+
+    def job(name):
+        args = [
+            xy_store,
+            str(tmp_path / f"{name}-backup"),
+            str(tmp_path / f"{name}.log"),
+            str(tmp_path / f"{name}.npy"),
+        ]
+        return subprocess.Popen([sys.executable, str(script), *args], stderr=subprocess.PIPE, text=True)
+
+    def places(name):
+        return [int(line) for line in (tmp_path / f"{name}.log").read_text().split()]
+
+    whole = job("whole")
+    assert whole.wait(300) == 0, whole.stderr.read()
+    n = 3 * 21  # 3 epochs of 1,003 samples in batches of 50
+    assert places("whole") == list(range(n))
+    killed = job("resumed")
+    log = tmp_path / "resumed.log"
+    while killed.poll() is None and not (log.exists() and len(log.read_text().split()) >= 30):
+        time.sleep(0.01)
+    os.kill(killed.pid, signal.SIGKILL)
+    killed.wait()
+    assert killed.returncode == -signal.SIGKILL, "the fit ended before it could be killed"
+    state = json.loads((tmp_path / "resumed-backup" / "daskfeed_state.json").read_text())
+    saved = state["epoch"] * 21 + state["next_batch"]
+    before = places("resumed")
+    assert 21 <= saved <= len(before) < n and saved % 4 == 0  # killed in epoch 1, after a save
+    restarted = job("resumed")
+    assert restarted.wait(300) == 0, restarted.stderr.read()
+    after = places("resumed")[len(before) :]
+    assert before[:saved] + after == list(range(n))  # from the saved place on: no batch twice, none skipped
+    np.testing.assert_allclose(np.load(tmp_path / "resumed.npy"), np.load(tmp_path / "whole.npy"), rtol=1e-6)

@@ -146,3 +146,46 @@ def test_errors_are_builtin_errors_too():
 def test_write_store_helper_chunks(tmp_path):
     path = write_store(tmp_path / "s.zarr", {"a": np.zeros((7, 2))}, {"a": 3})
     assert daskfeed.open_zarr(path)["a"].chunks[0] == (3, 3, 1)
+
+
+def test_a_remote_store_that_stops_answering_fails_with_the_chunk_named(tmp_path):
+    """An HTTP server on 127.0.0.1 that stops answering chunk requests (it does not close them)."""
+    pytest.importorskip("aiohttp")
+    import functools
+    import http.server
+    import socketserver
+    import threading
+
+    stalled, release = threading.Event(), threading.Event()
+
+    class Stalling(http.server.SimpleHTTPRequestHandler):
+        def do_GET(self):
+            if stalled.is_set() and "/c/" in self.path:
+                release.wait(120)  # the server hangs: no answer, no error, the socket stays open
+                return
+            super().do_GET()
+
+        def log_message(self, *args):
+            pass
+
+    write_store(tmp_path / "r.zarr", {"x": np.arange(300, dtype="i4").reshape(100, 3)}, {"x": 30})
+    server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), functools.partial(Stalling, directory=str(tmp_path)))
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        x = daskfeed.open_zarr(f"http://127.0.0.1:{server.server_address[1]}/r.zarr/x", read_timeout=1)
+        stalled.set()
+        with (
+            daskfeed.Loader(x, batch_size=10, seed=0) as loader,
+            pytest.raises(daskfeed.ChunkReadError, match=r"reading array x chunk \d+") as info,
+        ):
+            loader.batch(0)
+        chain, err = [], info.value
+        while err is not None:
+            chain.append(type(err).__name__)
+            err = err.__cause__ or err.__context__
+        assert any("Timeout" in name for name in chain), chain
+    finally:
+        release.set()
+        server.shutdown()
+        server.server_close()

@@ -433,3 +433,31 @@ def test_zarr_arrays_are_read_straight_into_windows_and_give_the_same_batches(xy
             for i in range(len(direct)):
                 for a, b in zip(direct.batch(i), through_dask.batch(i)):
                     np.testing.assert_array_equal(a, b)
+
+
+def test_state_and_restore_go_on_with_exactly_the_batches_that_would_have_come(xy_store):
+    import json
+
+    arrays = daskfeed.open_zarr(xy_store)
+    kwargs = dict(batch_size=40, seed=6, memory_budget="30KB")
+    with daskfeed.Loader(arrays["x"], arrays["y"], **kwargs) as whole:
+        expected = [y for _ in range(2) for _, y in whole]
+    with daskfeed.Loader(arrays["x"], arrays["y"], **kwargs) as first:
+        served = [y for _, y in first]  # epoch 0: 26 batches
+        for _, y in first:
+            served.append(y)
+            if len(served) == 30:  # in epoch 1, after batch 4 of its 26
+                break
+        state = json.loads(json.dumps(first.state()))  # a few integers and a fingerprint
+    assert state["epoch"] == 1 and state["next_batch"] == 4 and len(json.dumps(state)) < 150
+    with daskfeed.Loader(arrays["x"], arrays["y"], **kwargs) as again:
+        again.restore(state)
+        served += [y for _, y in again]
+    assert len(served) == len(expected)
+    for got, want in zip(served, expected):
+        np.testing.assert_array_equal(got, want)
+    other = daskfeed.Loader(arrays["x"], arrays["y"], **{**kwargs, "seed": 7})
+    with pytest.raises(daskfeed.InputError, match="state was taken from a loader over other data or with other"):
+        other.restore(state)
+    with pytest.raises(daskfeed.InputError, match="state is missing"):
+        daskfeed.Loader(arrays["x"], **kwargs).restore({"epoch": 1})
