@@ -32,7 +32,7 @@ class Sequence(keras.utils.PyDataset):
     ):
         super().__init__(workers=workers, use_multiprocessing=use_multiprocessing, max_queue_size=max_queue_size)
         self.loader = loader
-        self._lock = threading.Lock()
+        self._locks: dict[int, threading.Lock] = {}
         self._began = False
         self._served = 0
         #: Batches of the loader's current epoch served before Keras's batch 0 (set by :meth:`restore`).
@@ -50,6 +50,14 @@ class Sequence(keras.utils.PyDataset):
         with self._lock:
             self._served += 1
         return batch
+
+    @property
+    def _lock(self) -> threading.Lock:
+        """A lock of this process's own: one inherited through a fork may be held by a thread that is not there."""
+        lock = self._locks.get(os.getpid())
+        if lock is None:
+            lock = self._locks[os.getpid()] = threading.Lock()
+        return lock
 
     def position(self, batches: int) -> int:
         """The place in the stream of batches (``epoch * len + index``) after ``batches`` of this Keras epoch."""
@@ -78,12 +86,8 @@ class Sequence(keras.utils.PyDataset):
 
     def __getstate__(self) -> dict:
         state = self.__dict__.copy()
-        state.pop("_lock")
+        state["_locks"] = {}
         return state
-
-    def __setstate__(self, state: dict) -> None:
-        self.__dict__.update(state)
-        self._lock = threading.Lock()
 
     @property
     def epoch(self) -> int:

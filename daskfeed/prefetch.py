@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import itertools
+import os
 import threading
 import uuid
 from collections import deque
@@ -37,7 +38,7 @@ class WorkerPool:
     """
 
     def __init__(self, max_threads: int = 2, name: str = "daskfeed-prefetch"):
-        self._max = max_threads
+        self.max_threads = self._max = max_threads
         self._name = name
         self._lock = threading.Lock()
         self._jobs: deque[tuple[Future, Callable[..., Any], tuple]] = deque()
@@ -89,7 +90,13 @@ class WorkerPool:
 
 
 class Scheduler:
-    """What ``scheduler=`` names, resolved once: a ``get`` for task graphs, or a distributed client."""
+    """What ``scheduler=`` names, resolved once: how to compute a task graph, here or on a cluster.
+
+    dask's threaded scheduler runs on threads of daskfeed's own (``daskfeed-read-N``, at most one per core,
+    ending when idle), not on dask's process-wide pools: those and the lock that guards them are inherited,
+    possibly locked, by a process that Keras forks (``use_multiprocessing=True``), and hang it. A forked child
+    makes its own threads.
+    """
 
     def __init__(self, scheduler: Any):
         import dask.local
@@ -100,9 +107,31 @@ class Scheduler:
         self.client = getattr(get, "__self__", None) if get is not None else None
         if self.client is not None and not hasattr(self.client, "gather"):
             self.client = None
-        self.get = dask.threaded.get if get is None else get
+        self._get = dask.threaded.get if get is None else get
+        self._threaded = self._get is dask.threaded.get
         #: Whether tasks run in this process and can write into the loader's buffers.
-        self.shared_memory = self.get in (dask.threaded.get, dask.local.get_sync)
+        self.shared_memory = self._threaded or self._get is dask.local.get_sync
+        self._pool: WorkerPool | None = None
+        self._pid = 0
+
+    def get(self, graph: dict, keys: list) -> Any:
+        if not self._threaded:
+            return self._get(graph, keys)
+        import dask.local
+        import dask.threaded
+
+        pool = self._pool
+        if pool is None or self._pid != os.getpid():  # first use, or a forked child: threads of its own
+            pool = self._pool = WorkerPool(max_threads=os.cpu_count() or 1, name="daskfeed-read")
+            self._pid = os.getpid()
+        return dask.local.get_async(
+            pool.submit, pool.max_threads, graph, keys, pack_exception=dask.threaded.pack_exception
+        )
+
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        state["_pool"] = None  # threads stay behind; a copy in another process makes its own
+        return state
 
 
 class UnitRead(NamedTuple):

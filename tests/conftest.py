@@ -36,9 +36,16 @@ def daskfeed_threads() -> list[threading.Thread]:
 
 
 def join_daskfeed_threads() -> list[str]:
-    """Wait for daskfeed threads to end (a hang guard, not a timing) and return those still alive."""
-    for t in daskfeed_threads():
-        t.join(timeout=60)
+    """Wait for daskfeed threads to end (a hang guard, not a timing) and return those still alive.
+
+    A thread that ends may have started another (a prefetch thread starts read threads), so join until none
+    is left, for at most a minute in all."""
+    import time
+
+    deadline = time.monotonic() + 60
+    while daskfeed_threads() and time.monotonic() < deadline:
+        for t in daskfeed_threads():
+            t.join(timeout=max(0.0, deadline - time.monotonic()))
     return [t.name for t in daskfeed_threads()]
 
 

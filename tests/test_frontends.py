@@ -290,3 +290,30 @@ def test_a_fit_killed_mid_epoch_and_restarted_serves_exactly_the_uninterrupted_b
     after = places("resumed")[len(before) :]
     assert before[:saved] + after == list(range(n))  # from the saved place on: no batch twice, none skipped
     np.testing.assert_allclose(np.load(tmp_path / "resumed.npy"), np.load(tmp_path / "whole.npy"), rtol=1e-6)
+
+
+MULTIPROCESSING_FITS = """
+import sys, keras, numpy as np, daskfeed
+arrays = daskfeed.open_zarr(sys.argv[1])
+model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(1)])
+model.compile("sgd", "mse")
+for run in range(20):
+    seq = daskfeed.as_sequence(
+        arrays["x"], arrays["y"], batch_size=50, seed=run, memory_budget="40KB", workers=2, use_multiprocessing=True
+    )
+    model.fit(seq, epochs=3, shuffle=False, verbose=0)
+    seq.close()
+print("done")
+"""
+
+
+def test_twenty_multiprocessing_fits_in_a_row_never_hang(xy_store, tmp_path):
+    """Keras forks its workers while daskfeed's threads run; a forked worker makes threads of its own instead of
+    inheriting dask's pools (and their lock, held by a thread that is not there): before, 1 run in 4 hung."""
+    import subprocess
+    import sys
+
+    script = tmp_path / "fits.py"
+    script.write_text(MULTIPROCESSING_FITS)
+    done = subprocess.run([sys.executable, str(script), xy_store], capture_output=True, text=True, timeout=400)
+    assert done.returncode == 0 and done.stdout.strip() == "done", done.stderr[-2000:]
