@@ -111,3 +111,14 @@ def test_layouts_benchmark_quick(tmp_path, capsys):
         assert 0 <= row["accuracy_10pct"] <= 1
     assert (tmp_path / "results" / "layouts-quick.md").stat().st_size > 0
     assert "| layout | x chunks |" in capsys.readouterr().out
+
+
+def test_soak_benchmark_quick(tmp_path, capsys):
+    """Epochs through both doors with RSS and threads after each: the numbers are there and threads don't pile up."""
+    soak = load("benchmarks/soak.py")
+    report = soak.main(["--quick", "--store", str(tmp_path / "soak.zarr"), "--out", str(tmp_path / "results")])
+    for door in ("as_sequence", "as_dataset"):
+        rows = report["doors"][door]["epochs"]
+        assert len(rows) == 6 and all(r["rss_mb"] > 0 for r in rows)
+        assert rows[-1]["threads"] <= rows[0]["threads"] + 2
+    assert "| as_dataset |" in capsys.readouterr().out
