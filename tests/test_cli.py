@@ -161,3 +161,14 @@ def test_usage_errors_exit_2(capsys):
     with pytest.raises(SystemExit) as stop:
         main(["ingest"])
     assert stop.value.code == 2 and "the following arguments are required" in capsys.readouterr().err
+
+
+def test_info_names_an_array_that_cannot_become_a_tensor(tmp_path, capsys):
+    group = zarr.open_group(str(tmp_path / "s.zarr"), mode="w")
+    group.create_array("x", data=np.zeros((100, 3), "f4"), chunks=(50, 3))
+    group.create_array("names", data=np.array([f"n{i}" for i in range(100)]), chunks=(50,))
+    code, out, err = run(capsys, "info", tmp_path / "s.zarr")
+    assert code == 0 and "Traceback" not in err
+    assert "'names' has dtype" in out and "cannot become a tensor" in out and "loader: " in out
+    with pytest.raises(daskfeed.InputTypeError, match=r"x\['names'\] has dtype .* which cannot become a tensor"):
+        daskfeed.Loader(daskfeed.open_zarr(tmp_path / "s.zarr"))
