@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from daskfeed.errors import DaskfeedError, OrderWarning, warn
+from daskfeed.interrupts import Interrupts
 from daskfeed.layout import SLOTS
 from daskfeed.plan import EpochPlan
 from daskfeed.prefetch import WorkerPool
@@ -146,9 +147,10 @@ class WindowCache:
     def wait(self, entry: _Entry) -> Window:
         """The window of a pinned entry, once made (its error, if making it failed).
 
-        Waits in short slices, so that :meth:`close` from another thread ends the wait at once.
+        Waits in short slices, so that :meth:`close` from another thread, or Ctrl-C, ends the wait at once.
         """
         began = time.perf_counter()
+        presses = Interrupts.count()
         while True:
             try:
                 window = entry.future.result(timeout=WAIT_SLICE_S)
@@ -156,6 +158,8 @@ class WindowCache:
             except FutureTimeout:
                 if self.closed:
                     raise DaskfeedError("the loader was closed while a batch was being read") from None
+                if Interrupts.count() != presses:  # Ctrl-C while TensorFlow holds the main thread
+                    raise Interrupts.fail_wait() from None
         with self.cond:
             self.stats.wait_s += time.perf_counter() - began
         return window

@@ -16,6 +16,7 @@ import numpy as np
 from daskfeed.cache import CacheStats, WindowCache
 from daskfeed.errors import DaskfeedError, InputError, InputTypeError, LayoutWarning, warn
 from daskfeed.inputs import Inputs, normalize_inputs, rewrite_hint
+from daskfeed.interrupts import Interrupts
 from daskfeed.layout import Layout, choose_layout
 from daskfeed.options import LoaderOptions, check_int, parse_loader_options
 from daskfeed.plan import EpochPlan, PlanConfig
@@ -78,6 +79,7 @@ class Loader:
         self.layout: Layout = choose_layout(self.inputs.leaves, self.inputs.n_samples, self.options, mixed=mixed)
         self.config: PlanConfig = self.layout.plan_config(self.options)
         self._scheduler = Scheduler(self.options.scheduler)
+        Interrupts.install()  # so that Ctrl-C reaches a batch that tf.data's thread waits for
         self._epoch = self._next_batch = 0
         first = EpochPlan(self.config, 0)
         if first.n_batches == 0:

@@ -317,3 +317,46 @@ def test_twenty_multiprocessing_fits_in_a_row_never_hang(xy_store, tmp_path):
     script.write_text(MULTIPROCESSING_FITS)
     done = subprocess.run([sys.executable, str(script), xy_store], capture_output=True, text=True, timeout=400)
     assert done.returncode == 0 and done.stdout.strip() == "done", done.stderr[-2000:]
+
+
+CTRL_C_JOB = """
+import sys, time, numpy as np, keras, daskfeed
+import dask.array as da
+
+def stuck(block, block_info=None):
+    if block_info[0]["chunk-location"][0] == 5:
+        print("stuck", flush=True)
+        time.sleep(600)  # a read that never comes back while the test runs
+    return block
+
+x = da.from_array(np.random.rand(2000, 3).astype("f4"), chunks=(100, 3)).map_blocks(stuck, dtype="f4")
+y = da.from_array(np.zeros(2000, "f4"), chunks=100)
+data = getattr(daskfeed, sys.argv[1])(x, y, batch_size=50, seed=0, memory_budget="20KB", reads_per_chunk=1)
+model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(1)])
+model.compile("sgd", "mse")
+print("fitting", flush=True)
+model.fit(data, epochs=2, shuffle=False, verbose=0)
+"""
+
+
+@pytest.mark.parametrize("door", ["as_sequence", "as_dataset"])
+def test_ctrl_c_reaches_fit_while_a_chunk_read_is_stuck(tmp_path, door):
+    """TensorFlow holds the main thread in the op that waits for the stuck batch; Ctrl-C still ends fit with a
+    KeyboardInterrupt (not pybind11's MISMATCH error), long before the read would have returned."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    script = tmp_path / "job.py"
+    script.write_text(CTRL_C_JOB)
+    job = subprocess.Popen(
+        [sys.executable, str(script), door], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    assert job.stdout.readline().strip() == "fitting"
+    assert job.stdout.readline().strip() == "stuck"  # the read of chunk 5 has begun and will not return
+    time.sleep(1)  # let fit come to wait for that window (not a timing assertion: earlier is fine too)
+    job.send_signal(signal.SIGINT)
+    _, err = job.communicate(timeout=120)  # the read sleeps 600 s: ending before that is the point
+    assert job.returncode == -signal.SIGINT, err[-3000:]
+    assert err.rstrip().splitlines()[-1].startswith("KeyboardInterrupt") and "MISMATCH" not in err

@@ -318,12 +318,16 @@ def test_a_loop_over_a_closed_loader_stops_at_once(xy_store):
 
 
 def test_threads_are_named_and_end_when_idle(xy_store):
-    arrays = daskfeed.open_zarr(xy_store)
-    loader = daskfeed.Loader(arrays["x"], batch_size=10, seed=0, memory_budget="30KB")
     seen = set()
+
+    def record(block):
+        seen.add(threading.current_thread().name)  # the thread that computes the user's dask work
+        return block
+
+    arrays = daskfeed.open_zarr(xy_store)
+    loader = daskfeed.Loader(arrays["x"].map_blocks(record), batch_size=10, seed=0, memory_budget="30KB")
     loader.batch(0)
-    seen.update(t.name for t in threading.enumerate() if t.name.startswith("daskfeed-prefetch-"))
-    assert seen
+    assert seen and all(name.startswith("daskfeed-read-") for name in seen), seen
     assert join_daskfeed_threads() == []  # nothing left to prefetch: the threads end by themselves
     loader.close()
 

@@ -1,0 +1,107 @@
+"""Ctrl-C for threads that wait on the user's behalf while the main thread is held in a TensorFlow op."""
+
+from __future__ import annotations
+
+import signal
+import socket
+import sys
+import threading
+from typing import Any
+
+__all__ = ["Interrupts"]
+
+#: Calls that make an exception object, during which a KeyboardInterrupt must not be raised.
+_MAKING_AN_ERROR = ("__init__", "__new__", "__str__", "__repr__", "__instancecheck__", "__subclasscheck__")
+_ERROR_MODULES = ("errors_impl.py", "errors.py")
+
+
+class Interrupts:
+    """Tells threads that wait for batches that the user pressed Ctrl-C.
+
+    ``model.fit`` holds the main thread inside a TensorFlow op that waits for the next batch, which a
+    daskfeed thread (tf.data's) is computing; Python runs the SIGINT handler only when the main thread runs
+    Python again, so Ctrl-C would wait for the read. Python also writes every signal's number to the
+    *wakeup fd* the moment it arrives, from C: when no one else uses that fd (asyncio does, in the main thread
+    of an event loop), daskfeed points it at a socket of its own and the waiting threads read it. A wait that
+    began before the latest Ctrl-C then fails, TensorFlow returns, and Python raises ``KeyboardInterrupt``.
+    """
+
+    _lock = threading.Lock()
+    _reader: socket.socket | None = None
+    _seen = 0  # Ctrl-C presses read off the socket so far
+    _deferred = 0  # presses whose KeyboardInterrupt waits until TensorFlow's error is out of its C++ code
+
+    @classmethod
+    def install(cls) -> None:
+        """Point the wakeup fd at daskfeed's socket, from the main thread, if no one else uses it."""
+        if threading.current_thread() is not threading.main_thread():
+            return
+        with cls._lock:
+            if cls._reader is not None:
+                return
+            reader, writer = socket.socketpair()
+            reader.setblocking(False)
+            writer.setblocking(False)
+            try:
+                previous = signal.set_wakeup_fd(writer.fileno(), warn_on_full_buffer=False)
+            except (ValueError, OSError):  # not the main thread of the main interpreter
+                reader.close()
+                writer.close()
+                return
+            if previous != -1:  # someone else's (an event loop's): leave it to them
+                signal.set_wakeup_fd(previous)
+                reader.close()
+                writer.close()
+                return
+            cls._reader, cls._writer = reader, writer
+            if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+                signal.signal(signal.SIGINT, cls._on_sigint)
+
+    @classmethod
+    def _on_sigint(cls, signum: int, frame: object) -> None:
+        """Python's own Ctrl-C, except when a waiting thread has just failed the batch TensorFlow waits for:
+        TensorFlow is then turning that failure into a Python error, in C++ that runs a little Python (the
+        error's constructor), and a KeyboardInterrupt raised there ends as pybind11's ``error_already_set:
+        MISMATCH``. So the KeyboardInterrupt is raised by the first Python call in this thread that is not part
+        of making the error: where Keras or the user's code handles it."""
+        with cls._lock:
+            deferred = cls._deferred > 0
+            if deferred:
+                cls._deferred -= 1
+        if not deferred:
+            signal.default_int_handler(signum, frame)
+            return
+
+        def raise_soon(frame: Any, event: str, arg: Any) -> None:
+            code = frame.f_code
+            if event != "call" or code.co_name in _MAKING_AN_ERROR or code.co_filename.endswith(_ERROR_MODULES):
+                return
+            sys.setprofile(None)
+            raise KeyboardInterrupt
+
+        sys.setprofile(raise_soon)
+
+    @classmethod
+    def fail_wait(cls) -> KeyboardInterrupt:
+        """The error a waiting thread raises for a Ctrl-C; the main thread's KeyboardInterrupt follows it."""
+        if threading.current_thread() is not threading.main_thread():
+            with cls._lock:
+                cls._deferred += 1
+        return KeyboardInterrupt("Ctrl-C while a batch was being read")
+
+    @classmethod
+    def count(cls) -> int:
+        """How many times Ctrl-C was pressed since :meth:`install` (0 when not installed)."""
+        reader = cls._reader
+        if reader is None:
+            return 0
+        with cls._lock:
+            try:
+                while True:
+                    data = reader.recv(256)
+                    if not data:
+                        break
+                    cls._seen += data.count(bytes([signal.SIGINT]))
+            except (BlockingIOError, OSError):
+                pass
+            return cls._seen
