@@ -325,7 +325,7 @@ def test_threads_are_named_and_end_when_idle(xy_store):
         return block
 
     arrays = daskfeed.open_zarr(xy_store)
-    loader = daskfeed.Loader(arrays["x"].map_blocks(record), batch_size=10, seed=0, memory_budget="30KB")
+    loader = daskfeed.Loader(arrays["x"].map_blocks(record, dtype="f4"), batch_size=10, seed=0, memory_budget="30KB")
     loader.batch(0)
     assert seen and all(name.startswith("daskfeed-read-") for name in seen), seen
     assert join_daskfeed_threads() == []  # nothing left to prefetch: the threads end by themselves
