@@ -172,3 +172,5 @@ def test_info_names_an_array_that_cannot_become_a_tensor(tmp_path, capsys):
     assert "'names' has dtype" in out and "cannot become a tensor" in out and "loader: " in out
     with pytest.raises(daskfeed.InputTypeError, match=r"x\['names'\] has dtype .* which cannot become a tensor"):
         daskfeed.Loader(daskfeed.open_zarr(tmp_path / "s.zarr"))
+    code, _, err = run(capsys, "bench", tmp_path / "s.zarr", "--arrays", "x", "names")
+    assert code == 1 and "'names'] has dtype" in err and "cannot become a tensor" in err
