@@ -213,7 +213,8 @@ class ReadJob:
     buffer: np.ndarray
     units: list[UnitRead]
 
-    def by_block(self) -> dict[int, list[BlockPart]]:
+    @functools.cached_property
+    def blocks(self) -> dict[int, list[BlockPart]]:
         """The parts to read, by block: a block that several units take from is read once."""
         blocks: dict[int, list[BlockPart]] = {}
         for unit in self.units:
@@ -302,7 +303,7 @@ def _graph(jobs: list[ReadJob], local: bool) -> tuple[dict, list, list]:
     graph: dict = {}
     places: list = []
     for j, job in enumerate(jobs):
-        source, blocks = job.source, job.by_block()
+        source, blocks = job.source, job.blocks
         if local and source.zarr is not None:  # zarr decodes straight into the buffer, without dask's graph
             for run in _zarr_runs(source, blocks):
                 if isinstance(run, int):
@@ -348,13 +349,13 @@ def read_blocks(jobs: list[ReadJob], scheduler: Scheduler) -> int:
                 f"reading array {first.name} failed because the dask cluster went away (client status "
                 f"{client.status!r}): {type(err).__name__}: {err}",
                 array=first.name,
-                chunk=min(first.by_block()),
-                samples=first.source.block_range(min(first.by_block())),
+                chunk=min(first.blocks),
+                samples=first.source.block_range(min(first.blocks)),
             ) from err
         raise _locate_failure(jobs, scheduler, err) from err
     decoded = 0
     for job in jobs:
-        for b in job.by_block():
+        for b in job.blocks:
             start, stop = job.source.block_range(b)
             decoded += (stop - start) * job.source.row_bytes
     return decoded
@@ -388,7 +389,7 @@ def _gather_remote(graph: dict, outs: list, places: list, scheduler: Scheduler) 
 def _locate_failure(jobs: list[ReadJob], scheduler: Scheduler, err: Exception) -> ChunkReadError:
     """Find the array and chunk whose read failed, by reading the blocks again one at a time."""
     for job in jobs:
-        for b, parts in job.by_block().items():
+        for b, parts in job.blocks.items():
             graph, task = _block_task(job.source, b)
             key = (f"daskfeed-locate-{uuid.uuid4().hex}", b)
             graph[key] = (functools.partial(_select, parts=parts), task)
@@ -404,7 +405,7 @@ def _locate_failure(jobs: list[ReadJob], scheduler: Scheduler, err: Exception) -
                     samples=(start, stop),
                 )
     first = jobs[0]
-    blocks = sorted(first.by_block())
+    blocks = sorted(first.blocks)
     return ChunkReadError(
         f"reading chunks {blocks[:10]} of array {first.name} failed with {type(err).__name__}: {err}; read "
         "again one chunk at a time, every chunk succeeded, so the failure did not repeat",
