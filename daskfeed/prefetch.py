@@ -389,7 +389,7 @@ def _gather_remote(graph: dict, outs: list, places: list, scheduler: Scheduler) 
 def _locate_failure(jobs: list[ReadJob], scheduler: Scheduler, err: Exception) -> ChunkReadError:
     """Find the array and chunk whose read failed, by reading the blocks again one at a time."""
     for job in jobs:
-        for b, parts in job.blocks.items():
+        for b, parts in sorted(job.blocks.items()):
             graph, task = _block_task(job.source, b)
             key = (f"daskfeed-locate-{uuid.uuid4().hex}", b)
             graph[key] = (functools.partial(_select, parts=parts), task)

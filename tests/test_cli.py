@@ -100,10 +100,10 @@ def test_info_on_an_image_store_shows_class_names(tmp_path, capsys):
 def test_bench_reports_both_rates_and_whether_a_step_waits(tmp_path):
     x, y = sorted_blobs(6000, dim=16)
     store = write_store(tmp_path / "b.zarr", {"x": x, "y": y}, {"x": 500, "y": 500})
-    result = daskfeed.bench(store, batch_size=50, step_ms=0.001, samples=3000, memory_budget="2MB")
+    result = daskfeed.bench(store, batch_size=50, step_ms=0.001, samples=3000, memory_budget="20KB")
     assert result.arrays == ("x", "y") and result.samples == 3000
     assert result.in_order_samples_per_s > 0 and result.daskfeed_samples_per_s > 0 and result.first_batch_s > 0
-    # a microsecond step is always faster than cutting a batch, so the steps wait
+    # a microsecond step is always faster than a loader that decodes a chunk every window of ~2 batches
     assert result.input_bound is True and result.wait_ms_per_batch > 0
     assert result.step_wall_ms_per_batch >= result.step_alone_ms > 0
     assert "WAITS for data" in str(result) and "samples/s" in str(result)

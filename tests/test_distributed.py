@@ -116,8 +116,11 @@ def test_a_chunk_that_kills_its_worker_every_time_fails_with_the_cause():
         kill_the_worker_on_chunk_7, dtype="i8"
     )
     y = da.from_array(np.arange(10_000), chunks=500)
+    # One task per worker at a time (saturation 1.0, one thread), so a dying worker takes no innocent chunk
+    # with it; a chunk is given up on after its second death.
+    settings = {"distributed.scheduler.allowed-failures": 1, "distributed.scheduler.worker-saturation": 1.0}
     with (
-        dask.config.set({"distributed.scheduler.allowed-failures": 1}),
+        dask.config.set(settings),
         distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster,
         distributed.Client(cluster) as client,
     ):
