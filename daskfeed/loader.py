@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import itertools
 import os
 import queue
@@ -159,9 +160,10 @@ class Loader:
             runtime.cache.epoch = epoch
             runtime.cache.forget_epoch(old)
 
-    @property
+    @functools.cached_property
     def fingerprint(self) -> str:
-        """A digest of the data's shapes and chunking and of the knobs the batches depend on."""
+        """A digest of the data's shapes and chunking and of the knobs the batches depend on (both fixed at
+        construction, so worked out once, not at every checkpoint)."""
         return fingerprint(self.inputs, self.config)
 
     def state(self, epoch: int | None = None, next_batch: int | None = None) -> dict[str, Any]:

@@ -223,10 +223,14 @@ class ReadJob:
         return blocks
 
 
+def _select(block: np.ndarray, *, parts: list[BlockPart], shift: int = 0) -> list[np.ndarray]:
+    """Each part's rows of ``block`` (which holds the block's rows from ``shift`` on)."""
+    return [block[p.lo - shift : p.hi - shift] if p.rows is None else block[p.rows - shift] for p in parts]
+
+
 def _put(buffer: np.ndarray, parts: list[BlockPart], data: np.ndarray, shift: int = 0) -> None:
     """Copy each part's rows of ``data`` (block rows from ``shift`` on) into place."""
-    for p in parts:
-        rows = data[p.lo - shift : p.hi - shift] if p.rows is None else data[p.rows - shift]
+    for p, rows in zip(parts, _select(data, parts=parts, shift=shift)):
         buffer[p.at : p.at + len(rows)] = rows
 
 
@@ -280,10 +284,6 @@ def _zarr_runs(source: BlockSource, blocks: dict[int, list[BlockPart]]) -> list[
 
 def _write(buffer: np.ndarray, parts: list[BlockPart], block: np.ndarray) -> None:
     _put(buffer, parts, block)
-
-
-def _select(block: np.ndarray, *, parts: list[BlockPart]) -> list[np.ndarray]:
-    return [block[p.lo : p.hi] if p.rows is None else block[p.rows] for p in parts]
 
 
 def _block_task(source: BlockSource, block: int) -> tuple[dict, Any]:

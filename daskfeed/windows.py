@@ -89,14 +89,13 @@ class WindowMaker:
         self._sources: dict[int, BlockSource] = {}
         self._memory: dict[int, np.ndarray] = {i: leaf.array for i, leaf in enumerate(leaves) if not leaf.lazy}
         bounds = layout.chunk_bounds
-        if layout.resident and len(layout.shard_chunks) < len(bounds) - 1:
-            # Resident arrays hold this shard's chunks, end to end in storage order.
+        #: Whether a resident array's rows are the global sample indices (no shard, or one of all chunks).
+        self._global_base = not (layout.resident and len(layout.shard_chunks) < len(bounds) - 1)
+        self._base = bounds[:-1]
+        if not self._global_base:  # resident arrays hold this shard's chunks, end to end in storage order
             lengths = np.diff(bounds)[layout.shard_chunks]
             self._base = np.zeros(len(bounds) - 1, np.int64)
             self._base[layout.shard_chunks] = np.concatenate([[0], np.cumsum(lengths)[:-1]])
-        else:
-            self._base = bounds[:-1]
-        self._global_base = np.array_equal(self._base, bounds[:-1])
         #: Bytes of arrays held in memory (small arrays read whole, resident arrays), once allocated.
         self.held_nbytes = 0
 
