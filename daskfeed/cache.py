@@ -120,9 +120,10 @@ class WindowCache:
     # -- serving --------------------------------------------------------------------------------------
 
     def acquire(self, plan: EpochPlan, window: int) -> _Entry:
-        """Pin a window, starting it if missing; wait for a free slot when all are taken."""
+        """Pin a window, starting it if missing; wait for a free slot when all are taken (as :meth:`wait`)."""
         key = (plan.epoch, window)
-        with self.cond:
+        presses = Interrupts.count()
+        with Interrupts.waiting(), self.cond:
             while key not in self.entries:
                 if self.closed:
                     raise DaskfeedError("the loader was closed while a batch was being read")
@@ -133,7 +134,8 @@ class WindowCache:
                     self.order.note(plan.epoch, window, self.released)
                     self._start(plan, window)
                     break
-                self.cond.wait()
+                self.cond.wait(WAIT_SLICE_S)
+                Interrupts.check(presses)
             entry = self.entries[key]
             if not entry.future.done():
                 self.stats.stalls += 1
@@ -147,19 +149,21 @@ class WindowCache:
     def wait(self, entry: _Entry) -> Window:
         """The window of a pinned entry, once made (its error, if making it failed).
 
-        Waits in short slices, so that :meth:`close` from another thread, or Ctrl-C, ends the wait at once.
+        Waits in short slices, so that :meth:`close` from another thread, Ctrl-C or Python's exit ends the wait
+        at once.
         """
         began = time.perf_counter()
         presses = Interrupts.count()
-        while True:
-            try:
-                window = entry.future.result(timeout=WAIT_SLICE_S)
-                break
-            except FutureTimeout:
+        with Interrupts.waiting():
+            while True:
+                try:
+                    window = entry.future.result(timeout=WAIT_SLICE_S)
+                    break
+                except FutureTimeout:
+                    pass
                 if self.closed:
-                    raise DaskfeedError("the loader was closed while a batch was being read") from None
-                if Interrupts.count() != presses:  # Ctrl-C while TensorFlow holds the main thread
-                    raise Interrupts.fail_wait() from None
+                    raise DaskfeedError("the loader was closed while a batch was being read")
+                Interrupts.check(presses)
         with self.cond:
             self.stats.wait_s += time.perf_counter() - began
         return window

@@ -2,13 +2,22 @@
 
 from __future__ import annotations
 
+import atexit
+import contextlib
+import gc
 import signal
 import socket
 import sys
 import threading
+from collections.abc import Iterator
 from typing import Any
 
+from daskfeed.errors import DaskfeedError
+
 __all__ = ["Interrupts"]
+
+#: How long Python's exit waits for threads to leave their waits for batches.
+EXIT_WAIT_S = 5.0
 
 #: Calls that make an exception object, during which a KeyboardInterrupt must not be raised.
 _MAKING_AN_ERROR = ("__init__", "__new__", "__str__", "__repr__", "__instancecheck__", "__subclasscheck__")
@@ -30,6 +39,10 @@ class Interrupts:
     _reader: socket.socket | None = None
     _seen = 0  # Ctrl-C presses read off the socket so far
     _deferred = 0  # presses whose KeyboardInterrupt waits until TensorFlow's error is out of its C++ code
+    _changed = threading.Condition(_lock)
+    _waiting = 0  # threads inside :meth:`waiting`
+    _exiting = False
+    _off_main = False  # whether a thread other than the main one ever waited for a batch
 
     @classmethod
     def install(cls) -> None:
@@ -90,6 +103,49 @@ class Interrupts:
         return KeyboardInterrupt("Ctrl-C while a batch was being read")
 
     @classmethod
+    @contextlib.contextmanager
+    def waiting(cls) -> Iterator[None]:
+        """Marks a thread that waits for a batch, so that Python's exit can make it stop waiting first."""
+        with cls._lock:
+            cls._waiting += 1
+            if threading.current_thread() is not threading.main_thread():
+                cls._off_main = True
+        try:
+            yield
+        finally:
+            with cls._lock:
+                cls._waiting -= 1
+                cls._changed.notify_all()
+
+    @classmethod
+    def check(cls, presses: int) -> None:
+        """Raise if the wait that began when the Ctrl-C count was ``presses`` must stop: Ctrl-C or exit."""
+        if cls._exiting:
+            raise DaskfeedError("Python is exiting while a batch was being read")
+        if cls.count() != presses:  # Ctrl-C while TensorFlow holds the main thread
+            raise cls.fail_wait()
+
+    @classmethod
+    def at_exit(cls) -> None:
+        """Let TensorFlow's threads out of Python before the interpreter finalizes (registered with ``atexit``).
+
+        A tf.data thread that runs Python when finalization begins can never take the GIL again, and
+        TensorFlow's iterator, destroyed during finalization, waits for it forever: a ``fit`` ended by Ctrl-C
+        or an error would print its traceback and never exit. So, while Python still runs normally, every
+        wait for a batch is failed, exit waits for the waiting threads to leave, and, when batches were
+        served to other threads, the iterators are destroyed now: the traceback Python keeps of the error
+        that ended the program (``sys.last_*``, which holds ``fit``'s frames) is let go and a collection
+        runs, as TensorFlow's issue #21277 found works.
+        """
+        with cls._lock:
+            cls._exiting = True
+            cls._changed.wait_for(lambda: cls._waiting == 0, timeout=EXIT_WAIT_S)
+            off_main = cls._off_main
+        if off_main:
+            sys.last_type = sys.last_value = sys.last_traceback = None
+            gc.collect()
+
+    @classmethod
     def count(cls) -> int:
         """How many times Ctrl-C was pressed since :meth:`install` (0 when not installed)."""
         reader = cls._reader
@@ -105,3 +161,6 @@ class Interrupts:
             except (BlockingIOError, OSError):
                 pass
             return cls._seen
+
+
+atexit.register(Interrupts.at_exit)  # at import: it runs after the handlers registered later
