@@ -12,6 +12,7 @@ import numpy as np
 from dask.utils import format_bytes
 
 from daskfeed.inputs import TENSOR_KINDS, open_zarr_node, rewrite_command, written_shuffled
+from daskfeed.integrity import damage, find_missing
 from daskfeed.layout import ArraySpec, Layout, choose_layout
 from daskfeed.loader import WARN_AMPLIFICATION
 from daskfeed.options import DEFAULT_MEMORY_BUDGET, LoaderOptions, parse_bytes
@@ -57,6 +58,9 @@ class StoreInfo:
     loader: str = ""
     #: What that costs, from one chunk read here: the first batch's wait and an epoch's decoding.
     estimate: str = ""
+    #: With ``verify``: each array's chunks missing from the store (grid coordinates), or None when the store
+    #: cannot be listed (HTTP). Empty without ``verify``.
+    missing: dict[str, list[tuple[int, ...]] | None] = field(default_factory=dict)
 
     def __str__(self) -> str:
         rows = [("array", "shape", "dtype", "chunks", "decoded", "stored", "ratio", "compression")]
@@ -91,6 +95,13 @@ class StoreInfo:
             lines.append(f"loader: {self.loader}")
         if self.estimate:
             lines.append(f"  {self.estimate}")
+        if self.missing:
+            lacking = {name: chunks for name, chunks in self.missing.items() if chunks}
+            unlisted = [name for name, chunks in self.missing.items() if chunks is None]
+            if unlisted:
+                lines.append(f"missing chunks: cannot tell for {', '.join(unlisted)} (an HTTP store cannot be listed)")
+            if not lacking and len(unlisted) < len(self.missing):
+                lines.append("missing chunks: none, every chunk of every array is in the store")
         lines += [f"warning: {w}" for w in self.warnings] or ["no warning"]
         return "\n".join(lines)
 
@@ -155,7 +166,10 @@ def _loader_layout(row: list[tuple[str, Any]], batch_size: int, budget: int) -> 
     unit = dict(row)[layout.unit_array]
     rows = min(int(unit.chunks[0]), unit.shape[0])
     started = time.perf_counter()
-    unit[0:rows]  # one chunk, to time decoding here
+    try:
+        unit[0:rows]  # one chunk, to time decoding here
+    except Exception as err:
+        return layout, f"not timed: chunk 0 of {layout.unit_array!r} could not be read ({type(err).__name__}: {err})"
     rate = rows * next(a.bytes_per_sample for a in specs if a.name == layout.unit_array)
     rate /= max(time.perf_counter() - started, 1e-6)
     if layout.resident:
@@ -181,7 +195,9 @@ def _rewrite(row: list[tuple[str, Any]], where: str) -> str:
     )
 
 
-def info(store: Any, *, batch_size: int = 32, memory_budget: int | str = DEFAULT_MEMORY_BUDGET) -> StoreInfo:
+def info(
+    store: Any, *, batch_size: int = 32, memory_budget: int | str = DEFAULT_MEMORY_BUDGET, verify: bool = False
+) -> StoreInfo:
     """Describe a zarr store and warn about layouts that make training slow or badly mixed.
 
     Parameters
@@ -192,6 +208,10 @@ def info(store: Any, *, batch_size: int = 32, memory_budget: int | str = DEFAULT
         The batch size you will train with; chunks much shorter than a batch are flagged.
     memory_budget : int or str, default 1 GiB
         The loader's budget; chunks too large for a window of it to draw from many of them are flagged.
+    verify : bool, default False
+        List the store and compare it with each array's chunk grid: every chunk missing from the store (which
+        zarr would serve as the fill value) is a warning naming the array, chunks and samples, and samples
+        missing in one array but present in another are flagged as damage. One listing; no chunk is read.
 
     Returns
     -------
@@ -239,6 +259,10 @@ def info(store: Any, *, batch_size: int = 32, memory_budget: int | str = DEFAULT
         for name, arr in members
     ]
     warnings = _shape_warnings(arrays)
+    missing: dict[str, list[tuple[int, ...]] | None] = {}
+    if verify:
+        missing, notes = _verify(members)
+        warnings += notes
     numeric = [(name, arr) for name, arr in members if getattr(arr.dtype, "kind", "O") in TENSOR_KINDS]
     for name, arr in members:
         if (name, arr) not in numeric:
@@ -248,11 +272,29 @@ def info(store: Any, *, batch_size: int = 32, memory_budget: int | str = DEFAULT
             )
     row = [(name, arr) for name, arr in numeric if arr.shape and arr.shape[0] == numeric[0][1].shape[0]]
     if not row:
-        return StoreInfo(where, arrays, attrs, warnings)
+        return StoreInfo(where, arrays, attrs, warnings, missing=missing)
     layout, estimate = _loader_layout(row, batch_size, budget)
     warnings += _layout_warnings(row, layout, batch_size, budget, where)
     mixing, sorted_warnings = _label_mixing(row, attrs, layout)
-    return StoreInfo(where, arrays, attrs, warnings + sorted_warnings, mixing, layout.describe(), estimate)
+    return StoreInfo(
+        where, arrays, attrs, warnings + sorted_warnings, mixing, layout.describe(), estimate, missing=missing
+    )
+
+
+def _verify(members: list[tuple[str, Any]]) -> tuple[dict[str, list[tuple[int, ...]] | None], list[str]]:
+    """Each array's missing chunks, and a warning per array lacking some plus one per damaged sample range."""
+    reports = {name: find_missing(arr, name) for name, arr in members}
+    found = [r for r in reports.values() if r is not None]
+    notes = [
+        f"{r.describe()}: zarr serves them as the fill value (copy the store again, or pass the loader "
+        "missing_chunks='fill' if they are meant to be empty)"
+        for r in found
+        if r.missing
+    ]
+    lengths = {r.n_samples for r in found}
+    if len(lengths) == 1:
+        notes += [f"{note}: arrays that disagree point to a store copied or written halfway" for note in damage(found)]
+    return {name: (None if r is None else list(r.missing)) for name, r in reports.items()}, notes
 
 
 def _members(store: Any) -> tuple[str, list[tuple[str, Any]], dict]:
@@ -317,7 +359,11 @@ def _label_mixing(row: list[tuple[str, Any]], attrs: dict, layout: Layout) -> tu
     for name, arr in row:
         if arr.dtype.kind not in "biu" or (arr.ndim > 1 and math.prod(arr.shape[1:]) != 1):
             continue
-        distance = _label_distance(arr, int(arr.chunks[0]))
+        try:
+            distance = _label_distance(arr, int(arr.chunks[0]))
+        except Exception as err:  # a damaged chunk: report it, and go on describing the store
+            warnings.append(f"{name!r}: a chunk could not be read ({type(err).__name__}: {err}); the store is damaged")
+            continue
         if distance is None:
             continue
         mixing[name] = distance

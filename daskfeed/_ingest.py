@@ -188,14 +188,21 @@ class IngestReport:
         return "\n".join(lines)
 
 
-def _compressors(compression: str) -> Any:
-    from zarr.codecs import BloscCodec
+def _compressors(compression: str) -> list[Any]:
+    """The array's bytes codecs: the compressor, then a crc32c checksum, so a corrupt chunk fails to decode."""
+    from zarr.codecs import BloscCodec, Crc32cCodec
 
-    if compression == "zstd":
-        return BloscCodec(cname="zstd", clevel=3, shuffle="shuffle")
-    if compression == "lz4":
-        return BloscCodec(cname="lz4", clevel=5, shuffle="shuffle")
-    return None
+    blosc = {
+        "zstd": [BloscCodec(cname="zstd", clevel=3, shuffle="shuffle")],
+        "lz4": [BloscCodec(cname="lz4", clevel=5, shuffle="shuffle")],
+    }
+    return [*blosc.get(compression, []), Crc32cCodec()]
+
+
+def _every_chunk(root: Any, name: str) -> Any:
+    """Array ``name`` of ``root``, opened to write every chunk, fill values too (zarr leaves those out by
+    default): a chunk missing from a store daskfeed wrote is then damage, and the loader refuses it."""
+    return root[name].with_config({"write_empty_chunks": True})
 
 
 @dataclass(frozen=True)
@@ -642,7 +649,8 @@ def ingest(
             root = _open_target(work.store, found, length, options.compression, fresh)
             workers = 1 if found.sequential else options.workers
             block = _block_chunks(found, length, options, workers or os.cpu_count() or 1)
-            job = _Job(found, [root[a.name] for a in found.arrays], journal, work, options, length, block, workers)
+            targets = [_every_chunk(root, a.name) for a in found.arrays]
+            job = _Job(found, targets, journal, work, options, length, block, workers)
             written = (_write_shuffled if options.shuffle else _write_in_order)(job)
             _write_attrs(root, job)
             stored = sum(t.nbytes_stored() for t in job.targets)

@@ -47,6 +47,12 @@ def _parser() -> argparse.ArgumentParser:
         "sample axis.",
     )
     info.add_argument("--batch-size", type=int, default=32, help="the batch size you train with (default 32)")
+    info.add_argument(
+        "--verify",
+        action="store_true",
+        help="list the store and report every chunk missing from it (zarr would serve it as zeros); exits 1 "
+        "when chunks are missing",
+    )
     bench = commands.add_parser(
         "bench",
         parents=[store],
@@ -138,12 +144,12 @@ def _stopped(dest: str, why: str | None) -> None:
 def _info(args: argparse.Namespace) -> int:
     from daskfeed._info import info
 
-    report = info(args.store, batch_size=args.batch_size, memory_budget=args.memory_budget)
+    report = info(args.store, batch_size=args.batch_size, memory_budget=args.memory_budget, verify=args.verify)
     if args.json:
         print(json.dumps(asdict(report), default=str, indent=2))
     else:
         print(report)
-    return 0
+    return 1 if any(report.missing.values()) else 0
 
 
 def _bench(args: argparse.Namespace) -> int:

@@ -144,6 +144,15 @@ class Interrupts:
         if off_main:
             sys.last_type = sys.last_value = sys.last_traceback = None
             gc.collect()
+        reader = cls._reader
+        if reader is not None and threading.current_thread() is threading.main_thread():
+            with contextlib.suppress(ValueError, OSError):
+                if signal.set_wakeup_fd(-1) != cls._writer.fileno():  # someone else's since: put it back
+                    signal.set_wakeup_fd(cls._writer.fileno())
+                    return
+            cls._reader = None
+            reader.close()
+            cls._writer.close()
 
     @classmethod
     def count(cls) -> int:

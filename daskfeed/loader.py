@@ -16,7 +16,8 @@ import numpy as np
 
 from daskfeed.cache import CacheStats, WindowCache
 from daskfeed.errors import DaskfeedError, InputError, InputTypeError, LayoutWarning, warn
-from daskfeed.inputs import Inputs, normalize_inputs, rewrite_hint
+from daskfeed.inputs import Inputs, normalize_inputs, rewrite_hint, zarr_behind
+from daskfeed.integrity import check_missing
 from daskfeed.interrupts import Interrupts
 from daskfeed.layout import Layout, choose_layout
 from daskfeed.options import LoaderOptions, check_int, parse_loader_options
@@ -79,7 +80,11 @@ class Loader:
         mixed = self.inputs.written_shuffled()
         self.layout: Layout = choose_layout(self.inputs.leaves, self.inputs.n_samples, self.options, mixed=mixed)
         self.config: PlanConfig = self.layout.plan_config(self.options)
-        self._scheduler = Scheduler(self.options.scheduler)
+        self._scheduler = Scheduler(self.options.scheduler, no_workers_timeout=self.options.no_workers_timeout)
+        check_missing(
+            [(leaf.name, z) for leaf in self.inputs.leaves if leaf.lazy and (z := zarr_behind(leaf.array)) is not None],
+            self.options.missing_chunks,
+        )
         Interrupts.install()  # so that Ctrl-C reaches a batch that tf.data's thread waits for
         self._epoch = self._next_batch = 0
         first = EpochPlan(self.config, 0)
@@ -240,16 +245,18 @@ class Loader:
             self._forget(epoch)
 
     def close(self) -> None:
-        """Stop prefetching, cancel pending work, join the threads and free the windows. Idempotent.
+        """Stop prefetching, cancel pending work (reads waiting on a cluster too) and free the windows, at
+        once: a read in progress is abandoned, not waited for. Idempotent.
 
         A closed loader serves no more batches: asking for one raises :class:`daskfeed.DaskfeedError`.
         """
         self._closed = True
+        self._scheduler.close()
         runtime, self._runtime = self._runtime, None
         if runtime is not None:
             runtime.finalizer.detach()
             runtime.cache.close()
-            self._final_stats = runtime.cache.stats.as_dict()  # counted to the end: running windows were joined
+            self._final_stats = runtime.cache.stats.as_dict()
 
     def __enter__(self) -> Loader:
         return self
@@ -278,7 +285,7 @@ class Loader:
         runtime = self._runtime
         if runtime is None or runtime.pid != os.getpid():  # first use, after unpickling, or in a forked child
             runtime = _Runtime(self)
-            runtime.finalizer = weakref.finalize(self, runtime.cache.close)
+            runtime.finalizer = weakref.finalize(self, _shut, runtime.cache, self._scheduler)
             self._runtime = runtime
         return runtime
 
@@ -289,6 +296,11 @@ class Loader:
         runtime = self._runtime
         if runtime is not None:
             runtime.cache.forget_epoch(epoch)
+
+
+def _shut(cache: WindowCache, scheduler: Scheduler) -> None:
+    scheduler.close()
+    cache.close()
 
 
 def _ahead(batch: Callable[[int], Any], count: int, ahead: int) -> Iterator[Any]:

@@ -26,6 +26,8 @@ __all__ = [
 DEFAULT_MEMORY_BUDGET = 2**30
 #: No machine has more; a larger number is a typo (and overflows the plan's int64 arithmetic).
 MAX_MEMORY_BUDGET = 2**60
+#: What ``missing_chunks=`` may be.
+MISSING_CHUNKS = ("warn", "error", "fill")
 #: Names dask's ``scheduler=`` understands, besides a ``distributed.Client``.
 _SCHEDULER_NAMES = ("threads", "threading", "synchronous", "sync", "single-threaded", "processes", "multiprocessing")
 
@@ -67,6 +69,14 @@ def check_int(name: str, value: Any, minimum: int, also: str = "") -> int:
     if value < minimum:
         raise InputError(f"{name} must be >= {minimum}{' ' + also if also else ''}, got {value}")
     return int(value)
+
+
+def _check_seconds(name: str, value: Any) -> float:
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise InputTypeError(f"{name} must be a number of seconds, got {value!r}")
+    if not value > 0:  # also refuses NaN
+        raise InputError(f"{name} must be a positive number of seconds, got {value!r}")
+    return float(value)
 
 
 def _check_bool(name: str, value: Any) -> bool:
@@ -139,6 +149,15 @@ class LoaderOptions:
     shard : tuple of (int, int), optional
         ``(index, count)``: serve only this worker's share of the read units, the same share every epoch;
         the ``count`` shards partition each epoch.
+    missing_chunks : {"warn", "error", "fill"}, default "warn"
+        What to do about chunk files missing from a zarr store, which zarr serves as the fill value (zeros).
+        The loader lists each store once when it is made (no chunk is read). ``"warn"`` warns once, naming
+        the arrays, chunks and samples; ``"error"`` raises :class:`daskfeed.StoreError`; ``"fill"`` does not
+        look. A store ``daskfeed ingest`` wrote has every chunk, so there a missing chunk is always an error
+        unless ``"fill"``. HTTP stores cannot be listed: ``"warn"`` skips them, ``"error"`` refuses them.
+    no_workers_timeout : float, default 60
+        Seconds a read on a ``distributed`` cluster waits while the cluster has no workers before it fails
+        with :class:`daskfeed.ChunkReadError` (a cluster scaled to zero, nannies that gave up).
 
     Examples
     --------
@@ -160,6 +179,8 @@ class LoaderOptions:
     reads_per_chunk: int | str = "auto"
     scheduler: Any = None
     shard: Shard | tuple[int, int] | None = None
+    missing_chunks: str = "warn"
+    no_workers_timeout: float = 60.0
 
     def __post_init__(self) -> None:
         def put(name: str, value: Any) -> None:
@@ -181,6 +202,11 @@ class LoaderOptions:
                 )
         _check_scheduler(self.scheduler)
         put("shard", Shard.parse(self.shard))
+        if self.missing_chunks not in MISSING_CHUNKS:
+            raise InputError(
+                f"missing_chunks must be one of {', '.join(map(repr, MISSING_CHUNKS))}, got {self.missing_chunks!r}"
+            )
+        put("no_workers_timeout", _check_seconds("no_workers_timeout", self.no_workers_timeout))
 
 
 #: The names of the knobs, in the order of :class:`LoaderOptions`.

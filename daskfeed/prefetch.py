@@ -6,9 +6,10 @@ import functools
 import itertools
 import os
 import threading
+import time
 import uuid
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any, NamedTuple
@@ -19,12 +20,14 @@ import numpy as np
 from dask.core import flatten
 from dask.optimization import cull
 
-from daskfeed.errors import ChunkReadError
+from daskfeed.errors import ChunkReadError, DaskfeedError
 from daskfeed.inputs import zarr_behind
 
 __all__ = ["BlockPart", "BlockSource", "ReadJob", "Scheduler", "UnitRead", "WorkerPool", "read_blocks"]
 
 _thread_ids = itertools.count()
+#: A read waiting on a cluster checks this often whether the loader closed or the cluster lost its workers.
+REMOTE_WAIT_SLICE_S = 0.5
 #: Chunks read whole into consecutive rows are read with one zarr call of up to this many decoded bytes.
 RUN_BYTES = 2**62
 
@@ -98,7 +101,7 @@ class Scheduler:
     makes its own threads.
     """
 
-    def __init__(self, scheduler: Any):
+    def __init__(self, scheduler: Any, no_workers_timeout: float = 60.0):
         import dask.local
         import dask.threaded
         from dask.base import get_scheduler
@@ -113,6 +116,12 @@ class Scheduler:
         self.shared_memory = self._threaded or self._get is dask.local.get_sync
         self._pool: WorkerPool | None = None
         self._pid = 0
+        self.no_workers_timeout = no_workers_timeout
+        #: Set by :meth:`close`: reads waiting on a cluster stop (and cancel their futures) within a slice.
+        self.closed = threading.Event()
+
+    def close(self) -> None:
+        self.closed.set()
 
     def get(self, graph: dict, keys: list) -> Any:
         if not self._threaded:
@@ -131,7 +140,12 @@ class Scheduler:
     def __getstate__(self) -> dict:
         state = self.__dict__.copy()
         state["_pool"] = None  # threads stay behind; a copy in another process makes its own
+        state["closed"] = None
         return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self.closed = threading.Event()
 
 
 class UnitRead(NamedTuple):
@@ -341,6 +355,16 @@ def read_blocks(jobs: list[ReadJob], scheduler: Scheduler) -> int:
         else:
             graph, outs, places = _graph(jobs, local=False)
             _gather_remote(graph, outs, places, scheduler)
+    except DaskfeedError:  # closed while waiting
+        raise
+    except _NoWorkers as err:
+        first = jobs[0]
+        raise ChunkReadError(
+            f"reading array {first.name} failed: {err}",
+            array=first.name,
+            chunk=min(first.blocks),
+            samples=first.source.block_range(min(first.blocks)),
+        ) from None
     except Exception as err:
         client = scheduler.client
         if client is not None and client.status != "running":  # no cluster to ask again, chunk by chunk
@@ -373,17 +397,44 @@ def _gather_remote(graph: dict, outs: list, places: list, scheduler: Scheduler) 
         for i, values in enumerate(scheduler.get(graph, outs)):
             place(i, values)
         return
-    from distributed import as_completed
 
     futures = scheduler.client.get(graph, outs, sync=False)
     index = {f.key: i for i, f in enumerate(futures)}
     try:
-        for future, values in as_completed(futures, with_results=True, raise_errors=True):
-            if isinstance(values, BaseException):  # a cancelled future (a lost scheduler) gives its reason
-                raise values
-            place(index[future.key], values)
+        for future in _as_done(futures, scheduler):
+            place(index[future.key], future.result())  # raises the task's error, or why it was cancelled
     finally:
         scheduler.client.cancel(futures)
+
+
+class _NoWorkers(Exception):
+    """A cluster without workers for longer than the loader's ``no_workers_timeout``."""
+
+
+def _as_done(futures: list, scheduler: Scheduler) -> Iterator[Any]:
+    """``futures`` as they finish; fails when the loader closes, or when the cluster has had no workers for
+    ``no_workers_timeout`` seconds (distributed would wait for workers forever)."""
+    from distributed import wait
+
+    pending, idle_since = set(futures), None
+    while pending:
+        try:
+            done, pending = wait(pending, timeout=REMOTE_WAIT_SLICE_S, return_when="FIRST_COMPLETED")
+        except TimeoutError:
+            done = set()
+        yield from done
+        if scheduler.closed.is_set():
+            raise DaskfeedError("the loader was closed while chunks were being read on the cluster")
+        if done or scheduler.client.status != "running" or scheduler.client.nthreads():
+            idle_since = None
+            continue
+        idle_since = idle_since or time.monotonic()
+        if time.monotonic() - idle_since >= scheduler.no_workers_timeout:
+            raise _NoWorkers(
+                f"the dask cluster ({scheduler.client.scheduler.address}) has had no workers for "
+                f"{scheduler.no_workers_timeout:g} s while {len(pending)} chunk reads waited (scaled to zero, or "
+                "its workers died and were not restarted); start workers, or raise no_workers_timeout"
+            )
 
 
 def _locate_failure(jobs: list[ReadJob], scheduler: Scheduler, err: Exception) -> ChunkReadError:

@@ -31,6 +31,8 @@ def as_dataset(
     reads_per_chunk: int | str = "auto",
     scheduler: Any = None,
     shard: tuple[int, int] | None = None,
+    missing_chunks: str = "warn",
+    no_workers_timeout: float = 60.0,
 ) -> tf.data.Dataset:
     """Serve shuffled batches of chunked arrays as a ``tf.data.Dataset``; each iteration is the next epoch.
 

@@ -56,3 +56,24 @@ def xy_store(tmp_path):
     x = (np.arange(n * 3, dtype="f4").reshape(n, 3)) / 3
     y = np.arange(n, dtype="i8")
     return write_store(tmp_path / "xy.zarr", {"x": x, "y": y}, {"x": 100, "y": 250})
+
+
+@pytest.fixture
+def http_root(tmp_path):
+    """A real HTTP server on 127.0.0.1 serving ``tmp_path``, stopped when the test ends."""
+    import functools
+    import http.server
+    import socketserver
+    import threading
+
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+    server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), functools.partial(Quiet, directory=str(tmp_path)))
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+    thread.join()

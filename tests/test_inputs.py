@@ -24,27 +24,6 @@ def test_open_zarr_group_path_and_array(xy_store):
     assert sorted(daskfeed.open_zarr(group)) == ["x", "y"]
 
 
-@pytest.fixture
-def http_root(tmp_path):
-    """A real HTTP server on 127.0.0.1 serving ``tmp_path``, stopped when the test ends."""
-    import functools
-    import http.server
-    import socketserver
-    import threading
-
-    class Quiet(http.server.SimpleHTTPRequestHandler):
-        def log_message(self, *args):
-            pass
-
-    server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), functools.partial(Quiet, directory=str(tmp_path)))
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
-    server.server_close()
-    thread.join()
-
-
 def test_open_zarr_over_http(tmp_path, http_root):
     pytest.importorskip("aiohttp")
     x = np.arange(300, dtype="i4").reshape(100, 3)

@@ -1,0 +1,161 @@
+"""Missing chunks: which chunk files a zarr array lacks, and whether that looks like damage.
+
+zarr serves a chunk that is not in the store as the array's fill value. By default zarr 3 does not write a chunk
+that is all fill value, so a missing chunk can be on purpose (empty masks, padding); but a store copied halfway
+(an interrupted ``cp``, ``rsync`` or upload) looks the same, and training on it would silently learn zeros.
+daskfeed lists the store once (one listing, no chunk is read) and compares it with the chunk grid.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from daskfeed.errors import DaskfeedWarning, StoreError, warn
+from daskfeed.inputs import store_location
+
+__all__ = ["MissingChunks", "check_missing", "damage", "find_missing", "written_by_daskfeed"]
+
+#: Protocols whose stores cannot be listed: there a missing chunk cannot be told from a fill-value one.
+_UNLISTABLE = ("http", "https")
+#: Chunks named in a message, at most.
+_SHOWN = 8
+
+
+@dataclass(frozen=True)
+class MissingChunks:
+    """The chunks of one zarr array that are not in its store."""
+
+    array: str  # the name in messages
+    grid: tuple[int, ...]  # chunks (shards, for a sharded array) along each axis
+    length: int  # samples per chunk along the first axis
+    n_samples: int
+    missing: tuple[tuple[int, ...], ...]  # grid coordinates of the chunks not stored
+
+    @property
+    def samples(self) -> list[tuple[int, int]]:
+        """The sample ranges (start, stop) that hold fill values in place of missing chunks, merged."""
+        rows = sorted({c[0] for c in self.missing})
+        spans: list[tuple[int, int]] = []
+        for r in rows:
+            lo, hi = r * self.length, min(self.n_samples, (r + 1) * self.length)
+            if spans and spans[-1][1] == lo:
+                spans[-1] = (spans[-1][0], hi)
+            else:
+                spans.append((lo, hi))
+        return spans
+
+    def describe(self) -> str:
+        shown = ", ".join(str(c) for c in self.missing[:_SHOWN])
+        more = f" and {len(self.missing) - _SHOWN} more" if len(self.missing) > _SHOWN else ""
+        spans = self.samples
+        where = ", ".join(f"{lo}-{hi - 1}" for lo, hi in spans[:_SHOWN]) + (" ..." if len(spans) > _SHOWN else "")
+        return (
+            f"{self.array}: {len(self.missing)} of {math.prod(self.grid)} chunks missing ({shown}{more}), "
+            f"samples {where}"
+        )
+
+
+def _listable(z: Any) -> bool:
+    store = z.store_path.store
+    if not getattr(store, "supports_listing", False):
+        return False
+    protocol = getattr(getattr(store, "fs", None), "protocol", None)
+    protocols = (protocol,) if isinstance(protocol, str) else tuple(protocol or ())
+    return not any(p in _UNLISTABLE for p in protocols)
+
+
+def find_missing(z: Any, name: str) -> MissingChunks | None:
+    """The chunks zarr array ``z`` lacks in its store (for a sharded array, whole shards), or None when its
+    store cannot be listed (HTTP)."""
+    from zarr.core.sync import sync  # zarr's bridge to its own event loop, as zarr.Array uses it
+
+    if not _listable(z):
+        return None
+    step = z.shards or z.chunks
+    grid = tuple(math.ceil(s / c) for s, c in zip(z.shape, step))
+    prefix = z.store_path.path.rstrip("/")
+
+    async def listing() -> set[str]:
+        start = f"{prefix}/" if prefix else ""
+        return {key[len(start) :] async for key in z.store_path.store.list_prefix(start)}
+
+    stored = sync(listing())
+    missing = tuple(c for c in _coords(grid) if z.metadata.encode_chunk_key(c) not in stored)
+    return MissingChunks(name, grid, int(step[0]), int(z.shape[0]), missing)
+
+
+def _coords(grid: Sequence[int]) -> list[tuple[int, ...]]:
+    import itertools
+
+    return list(itertools.product(*(range(g) for g in grid)))
+
+
+def written_by_daskfeed(z: Any) -> bool:
+    """Whether ``daskfeed ingest`` wrote zarr array ``z`` (it writes every chunk, so none may be missing)."""
+    return isinstance(z.attrs.get("daskfeed"), Mapping)
+
+
+def damage(found: Sequence[MissingChunks]) -> list[str]:
+    """Sample ranges missing in one array where another array has its data: an array copied halfway."""
+    notes = []
+    for report in found:
+        for lo, hi in report.samples:
+            whole = [
+                other.array
+                for other in found
+                if other is not report and not any(a < hi and lo < b for a, b in other.samples)
+            ]
+            if whole:
+                notes.append(f"samples {lo}-{hi - 1} are missing in {report.array} but present in {', '.join(whole)}")
+    return notes
+
+
+def verify_hint(arrays: Sequence[Any]) -> str:
+    roots = {store_location(z) for z in arrays}
+    root = roots.pop() if len(roots) == 1 else None
+    return f"`daskfeed info --verify {root or 'STORE'}` lists every missing chunk."
+
+
+def check_missing(arrays: Sequence[tuple[str, Any]], mode: str) -> list[MissingChunks]:
+    """Apply ``missing_chunks=mode`` to named zarr arrays: nothing for ``"fill"``; else list their stores, and
+    warn (``"warn"``) or raise :class:`StoreError` (``"error"``, and always for arrays ``daskfeed ingest``
+    wrote) naming the missing chunks and samples. Returns what was found."""
+    if mode == "fill" or not arrays:
+        return []
+    reports, unlisted = [], []
+    for name, z in arrays:
+        report = find_missing(z, name)
+        if report is None:
+            unlisted.append(name)
+        else:
+            reports.append(report)
+    if unlisted and mode == "error":
+        raise StoreError(
+            f"missing_chunks='error' cannot be checked for {', '.join(unlisted)}: an HTTP store cannot be listed, "
+            "so a missing chunk cannot be told from one left out for holding only fill values; pass "
+            "missing_chunks='warn' or 'fill'"
+        )
+    found = [r for r in reports if r.missing]
+    if not found:
+        return found
+    message = (
+        f"chunks missing from the store: {'; '.join([r.describe() for r in found] + damage(reports))}. zarr serves "
+        "a missing chunk as the fill value: a store copied or written halfway looks like this, and zarr also "
+        "leaves out chunks that hold only the fill value. "
+    )
+    hint = verify_hint([z for _, z in arrays])
+    by_daskfeed = [name for name, z in arrays if written_by_daskfeed(z) and any(r.array == name for r in found)]
+    if mode == "error" or by_daskfeed:
+        why = f"{', '.join(by_daskfeed)} written by daskfeed ingest, which writes every chunk" if by_daskfeed else ""
+        raise StoreError(
+            message + f"Refusing to serve fill values in their place ({why or 'missing_chunks=error'}): copy the "
+            f"store again, or pass missing_chunks='fill' if they are meant to be empty. {hint}"
+        )
+    warn(
+        message + f"{hint} Pass missing_chunks='fill' if they are meant to be empty, 'error' to refuse.",
+        DaskfeedWarning,
+    )
+    return found

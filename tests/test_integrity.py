@@ -1,0 +1,131 @@
+"""Missing chunk files: found by listing the store, warned about or refused, never served as zeros silently."""
+
+from __future__ import annotations
+
+import json
+import os
+import warnings
+
+import numpy as np
+import pytest
+
+import daskfeed
+from daskfeed.cli import main
+
+
+def user_store(path):
+    """A store as zarr's defaults write it: 5,000 samples, x by 1,000 and y by 1,000, nothing zero."""
+    import zarr
+
+    group = zarr.open_group(str(path), mode="w")
+    group.create_array("x", data=np.arange(5000 * 4, dtype="f4").reshape(5000, 4) + 1, chunks=(1000, 4))
+    group.create_array("y", data=np.arange(5000, dtype="i8") + 1, chunks=(1000,))
+    return str(path)
+
+
+def test_a_chunk_deleted_from_a_copy_is_warned_about_by_default_naming_array_chunk_and_samples(tmp_path):
+    store = user_store(tmp_path / "s.zarr")
+    os.remove(os.path.join(store, "x", "c", "2", "0"))  # a copy that stopped halfway
+    arrays = daskfeed.open_zarr(store)
+    with pytest.warns(daskfeed.DaskfeedWarning) as caught:
+        loader = daskfeed.Loader(arrays["x"], arrays["y"], batch_size=100, seed=0)
+    message = str(caught[0].message)
+    assert "x: 1 of 5 chunks missing ((2, 0)), samples 2000-2999" in message
+    assert "samples 2000-2999 are missing in x but present in y" in message
+    assert f"daskfeed info --verify {store}" in message
+    # Warned, served as zarr serves them: the fill value, for exactly those samples.
+    batches = list(loader)
+    x, y = np.concatenate([b[0] for b in batches]), np.concatenate([b[1] for b in batches])
+    zeros = (x == 0).all(axis=1)
+    assert zeros.sum() == 1000 and set(y[zeros] - 1) == set(range(2000, 3000))
+
+
+@pytest.mark.parametrize("door", ["as_sequence", "as_dataset"])
+def test_missing_chunks_error_refuses_the_store_in_both_doors(tmp_path, door):
+    store = user_store(tmp_path / "s.zarr")
+    os.remove(os.path.join(store, "x", "c", "4", "0"))
+    os.remove(os.path.join(store, "y", "c", "1"))
+    arrays = daskfeed.open_zarr(store)
+    with pytest.raises(daskfeed.StoreError, match=r"x: 1 of 5 chunks missing.*y: 1 of 5 chunks missing") as info:
+        getattr(daskfeed, door)(arrays["x"], arrays["y"], batch_size=100, missing_chunks="error")
+    assert "samples 4000-4999 are missing in x but present in y" in str(info.value)
+    assert "samples 1000-1999 are missing in y but present in x" in str(info.value)
+
+
+def test_fill_serves_chunks_left_out_for_being_empty_without_a_word(tmp_path):
+    """zarr 3 does not write a chunk that is all fill value: masks and padding are stores like that."""
+    import zarr
+
+    group = zarr.open_group(str(tmp_path / "masks.zarr"), mode="w")
+    masks = np.zeros((3000, 8), "u1")
+    masks[1000:2000] = 1  # chunks 0 and 2 are all zeros: zarr leaves them out
+    group.create_array("x", data=masks, chunks=(1000, 8))
+    assert sorted(os.listdir(tmp_path / "masks.zarr" / "x" / "c")) == ["1"]
+    arrays = daskfeed.open_zarr(str(tmp_path / "masks.zarr"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        loader = daskfeed.Loader(arrays["x"], batch_size=500, seed=0, missing_chunks="fill")
+        assert np.concatenate(list(loader)).sum() == 8000
+    with pytest.warns(daskfeed.DaskfeedWarning, match=r"x: 2 of 3 chunks missing \(\(0, 0\), \(2, 0\)\)"):
+        daskfeed.Loader(arrays["x"], batch_size=500, seed=0)
+
+
+def test_a_store_daskfeed_ingest_wrote_has_every_chunk_and_a_checksum(tmp_path):
+    """ingest writes all-zero chunks too and a crc32c: a missing chunk is an error even by default, and a
+    flipped byte is a ChunkReadError, never zeros or garbage."""
+    x = np.zeros((300, 4), "f4")  # every chunk holds only the fill value
+    x[250:] = 1
+    np.save(tmp_path / "x.npy", x)
+    np.save(tmp_path / "y.npy", np.arange(300))
+    dest = str(tmp_path / "t.zarr")
+    daskfeed.ingest([str(tmp_path / "x.npy"), str(tmp_path / "y.npy")], dest, chunk_length=100)
+    assert sorted(os.listdir(os.path.join(dest, "x", "c"))) == ["0", "1", "2"]
+    arrays = daskfeed.open_zarr(dest)
+    assert "crc32c" in daskfeed.info(dest).arrays[0].compressors
+    chunk = os.path.join(dest, "y", "c", "2")
+    with open(chunk, "r+b") as f:  # one flipped byte in the middle of a chunk
+        f.seek(os.path.getsize(chunk) // 2)
+        byte = f.read(1)
+        f.seek(-1, os.SEEK_CUR)
+        f.write(bytes([byte[0] ^ 0xFF]))
+    with pytest.raises(daskfeed.ChunkReadError, match=r"array y chunk 2 .*checksum"):
+        list(daskfeed.Loader(arrays["x"], arrays["y"], batch_size=50, seed=0, memory_budget="8KB"))
+    os.remove(os.path.join(dest, "x", "c", "1", "0"))
+    with pytest.raises(daskfeed.StoreError, match="x written by daskfeed ingest, which writes every chunk"):
+        daskfeed.Loader(arrays["x"], arrays["y"], batch_size=50, seed=0)
+
+
+def test_info_verify_lists_missing_chunks_aligned_across_arrays_and_exits_1(tmp_path, capsys):
+    store = user_store(tmp_path / "s.zarr")
+    assert main(["info", "--verify", store]) == 0
+    assert "missing chunks: none, every chunk of every array is in the store" in capsys.readouterr().out
+    os.remove(os.path.join(store, "x", "c", "3", "0"))
+    assert main(["info", "--verify", store]) == 1
+    out = capsys.readouterr().out
+    assert "warning: x: 1 of 5 chunks missing ((3, 0)), samples 3000-3999" in out
+    assert "samples 3000-3999 are missing in x but present in y" in out
+    assert main(["info", "--verify", "--json", store]) == 1
+    assert json.loads(capsys.readouterr().out)["missing"] == {"x": [[3, 0]], "y": []}
+    assert main(["info", store]) == 0  # without --verify the store is not listed
+    assert "chunks missing" not in capsys.readouterr().out
+
+
+def test_missing_chunks_is_checked_like_every_knob():
+    with pytest.raises(daskfeed.InputError, match="missing_chunks must be one of 'warn', 'error', 'fill', got 'no'"):
+        daskfeed.LoaderOptions(missing_chunks="no")
+    with pytest.raises(daskfeed.InputError, match="no_workers_timeout must be a positive number of seconds"):
+        daskfeed.LoaderOptions(no_workers_timeout=0)
+    with pytest.raises(TypeError, match="no_workers_timeout must be a number of seconds, got '60'"):
+        daskfeed.LoaderOptions(no_workers_timeout="60")
+
+
+def test_an_http_store_cannot_be_listed_so_warn_skips_it_and_error_refuses_it(tmp_path, http_root):
+    pytest.importorskip("aiohttp")
+    user_store(tmp_path / "s.zarr")
+    os.remove(tmp_path / "s.zarr" / "x" / "c" / "2" / "0")
+    arrays = daskfeed.open_zarr(f"{http_root}/s.zarr")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        daskfeed.Loader(arrays["x"], arrays["y"], batch_size=100, seed=0)
+    with pytest.raises(daskfeed.StoreError, match="cannot be checked for x, y: an HTTP store cannot be listed"):
+        daskfeed.Loader(arrays["x"], arrays["y"], batch_size=100, seed=0, missing_chunks="error")
