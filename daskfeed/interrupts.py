@@ -5,12 +5,15 @@ from __future__ import annotations
 import atexit
 import contextlib
 import gc
+import inspect
 import signal
 import socket
 import sys
 import threading
+import time
+import weakref
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, ClassVar
 
 from daskfeed.errors import DaskfeedError
 
@@ -22,6 +25,18 @@ EXIT_WAIT_S = 5.0
 #: Calls that make an exception object, during which a KeyboardInterrupt must not be raised.
 _MAKING_AN_ERROR = ("__init__", "__new__", "__str__", "__repr__", "__instancecheck__", "__subclasscheck__")
 _ERROR_MODULES = ("errors_impl.py", "errors.py")
+#: Calls that clean up, which an exception raised on entry would skip (a ``with`` block's exit left undone
+#: leaves TensorFlow's gradient tape stopped: the next ``fit`` then finds no gradients).
+_CLEANING_UP = ("__exit__", "__aexit__", "__enter__", "__del__", "close")
+#: Generators and coroutines, resumed by contextlib and await: raising on resume is raising in their cleanup.
+_RESUMED = inspect.CO_GENERATOR | inspect.CO_COROUTINE | inspect.CO_ASYNC_GENERATOR
+#: The main thread's innermost Python function while it waits in a TensorFlow call: a ``tf.function`` (a fit
+#: step) or ``next`` on a dataset's iterator.
+_TENSORFLOW_WAITS = ("quick_execute", "iterator_get_next")
+#: How long the main thread must sit in one such call before a tf.data thread's error is handed to it...
+HAND_OVER_S = 1.0
+#: ...and how long the failing thread looks for that before letting TensorFlow report the error its way.
+HAND_OVER_GIVE_UP_S = 5.0
 
 
 class Interrupts:
@@ -43,6 +58,9 @@ class Interrupts:
     _waiting = 0  # threads inside :meth:`waiting`
     _exiting = False
     _off_main = False  # whether a thread other than the main one ever waited for a batch
+    _handed: BaseException | None = None  # an error a tf.data thread handed to the main thread
+    _owners: ClassVar[weakref.WeakSet] = weakref.WeakSet()  # loaders that handed an error over (once each)
+    _sent = 0  # SIGINTs sent by :meth:`hand_to_main` whose byte on the wakeup fd is not read yet
 
     @classmethod
     def install(cls) -> None:
@@ -74,25 +92,84 @@ class Interrupts:
     def _on_sigint(cls, signum: int, frame: object) -> None:
         """Python's own Ctrl-C, except when a waiting thread has just failed the batch TensorFlow waits for:
         TensorFlow is then turning that failure into a Python error, in C++ that runs a little Python (the
-        error's constructor), and a KeyboardInterrupt raised there ends as pybind11's ``error_already_set:
+        error's constructor), and an exception raised there ends as pybind11's ``error_already_set:
         MISMATCH``. So the KeyboardInterrupt is raised by the first Python call in this thread that is not part
-        of making the error: where Keras or the user's code handles it."""
+        of making the error: where Keras or the user's code handles it. The same carries a daskfeed error that
+        a tf.data thread handed over (:meth:`hand_to_main`) to the main thread, in place of TensorFlow's copy."""
         with cls._lock:
-            deferred = cls._deferred > 0
+            handed, cls._handed = cls._handed, None
+            deferred = handed is None and cls._deferred > 0
             if deferred:
                 cls._deferred -= 1
-        if not deferred:
+        if handed is None and not deferred:
             signal.default_int_handler(signum, frame)
             return
+        error = handed if handed is not None else KeyboardInterrupt()
 
         def raise_soon(frame: Any, event: str, arg: Any) -> None:
             code = frame.f_code
-            if event != "call" or code.co_name in _MAKING_AN_ERROR or code.co_filename.endswith(_ERROR_MODULES):
+            if (
+                event != "call"
+                or code.co_name in _MAKING_AN_ERROR + _CLEANING_UP
+                or code.co_flags & _RESUMED
+                or code.co_filename.endswith((*_ERROR_MODULES, "contextlib.py"))
+            ):
                 return
             sys.setprofile(None)
-            raise KeyboardInterrupt
+            raise error
 
         sys.setprofile(raise_soon)
+
+    @classmethod
+    def hand_to_main(cls, error: BaseException, owner: object) -> None:
+        """Make the main thread raise ``error`` itself, once it waits in TensorFlow for what failed with it.
+
+        A tf.data thread (``as_dataset``, or Keras's for ``as_sequence``) that raises ``error`` reaches the
+        main thread as ``tensorflow.errors.UnknownError`` holding only its text, which ``except
+        daskfeed.ChunkReadError`` does not catch. So the failing thread holds on to ``error`` until the main
+        thread has sat in one TensorFlow call (``fit``'s step, ``next`` on an iterator) for
+        :data:`HAND_OVER_S`: with this thread holding back, tf.data's buffers run dry and that call waits
+        for it. It then sends the main thread a SIGINT that carries ``error``, raised where the main thread
+        next calls Python, as for Ctrl-C. If that does not happen within :data:`HAND_OVER_GIVE_UP_S` (the
+        consumer is another thread), or daskfeed does not handle Ctrl-C here, nothing changes. Each ``owner``
+        (a loader) hands over its first error only: the calls tf.data makes after it fail too, and must not
+        reach a later ``fit``.
+        """
+        main = threading.main_thread()
+        if threading.current_thread() is main or cls._reader is None:
+            return
+        if signal.getsignal(signal.SIGINT) != cls._on_sigint:
+            return
+        with cls._lock:
+            if owner in cls._owners:
+                return
+            cls._owners.add(owner)
+        if not cls._main_waits_in_tensorflow(main.ident):
+            return
+        with cls._lock:
+            if cls._handed is not None:
+                return
+            cls._handed = error
+            cls._sent += 1
+        signal.pthread_kill(main.ident, signal.SIGINT)
+
+    @staticmethod
+    def _main_waits_in_tensorflow(ident: int) -> bool:
+        """Whether the main thread stays in one TensorFlow call for HAND_OVER_S (checked for at most
+        HAND_OVER_GIVE_UP_S)."""
+        deadline = time.monotonic() + HAND_OVER_GIVE_UP_S
+        since, seen = time.monotonic(), None
+        while time.monotonic() < deadline:
+            frame = sys._current_frames().get(ident)
+            here = None if frame is None else (frame, frame.f_lasti)
+            if frame is None or frame.f_code.co_name not in _TENSORFLOW_WAITS:
+                here = None
+            if here is None or here != seen:
+                since, seen = time.monotonic(), here
+            elif time.monotonic() - since >= HAND_OVER_S:
+                return True
+            time.sleep(0.05)
+        return False
 
     @classmethod
     def fail_wait(cls) -> KeyboardInterrupt:
@@ -166,7 +243,10 @@ class Interrupts:
                     data = reader.recv(256)
                     if not data:
                         break
-                    cls._seen += data.count(bytes([signal.SIGINT]))
+                    presses = data.count(bytes([signal.SIGINT]))
+                    ours = min(presses, cls._sent)  # signals :meth:`hand_to_main` sent are not Ctrl-C
+                    cls._sent -= ours
+                    cls._seen += presses - ours
             except (BlockingIOError, OSError):
                 pass
             return cls._seen

@@ -9,7 +9,8 @@ from typing import Any
 
 import keras
 
-from daskfeed.errors import InputError, InputTypeError
+from daskfeed.errors import DaskfeedError, InputError, InputTypeError
+from daskfeed.interrupts import Interrupts
 from daskfeed.loader import Loader
 from daskfeed.options import DEFAULT_MEMORY_BUDGET, KNOBS, check_int
 
@@ -46,7 +47,11 @@ class Sequence(keras.utils.PyDataset):
         if not 0 <= index < n:
             raise IndexError(f"batch index {index} is out of range for a sequence of {n} batches")
         at = self._offset + index  # after a restore, Keras's epochs run on across the loader's epochs
-        batch = self.loader.batch(at % n, self.loader.epoch + at // n)
+        try:
+            batch = self.loader.batch(at % n, self.loader.epoch + at // n)
+        except DaskfeedError as err:  # Keras calls this from tf.data's thread: hand it to fit's thread
+            Interrupts.hand_to_main(err, self.loader)
+            raise
         with self._lock:
             self._served += 1
         return batch

@@ -7,6 +7,8 @@ from typing import Any
 
 import tensorflow as tf
 
+from daskfeed.errors import DaskfeedError
+from daskfeed.interrupts import Interrupts
 from daskfeed.loader import Loader
 from daskfeed.options import DEFAULT_MEMORY_BUDGET, KNOBS
 
@@ -76,7 +78,11 @@ def dataset_from_loader(loader: Loader) -> tf.data.Dataset:
     def generate():
         epoch = next(epochs)
         loader.set_epoch(epoch)
-        yield from loader.blocks(epoch, per_block)
+        try:
+            yield from loader.blocks(epoch, per_block)
+        except DaskfeedError as err:  # so that the consumer gets it, not TensorFlow's UnknownError
+            Interrupts.hand_to_main(err, loader)
+            raise
 
     ds = tf.data.Dataset.from_generator(generate, output_signature=signature)
     ds = ds.rebatch(batch, drop_remainder=drop)

@@ -190,17 +190,35 @@ def test_an_error_in_the_training_step_leaves_no_thread(blobs):
     assert join_daskfeed_threads() == []
 
 
-def test_a_read_error_reaches_fit(blobs):
-    def explode(block):
+def explode_on_chunk_3(block, block_info=None):
+    if block_info[0]["chunk-location"][0] == 3:
         raise OSError("disk gone")
+    return block
 
-    x = blobs["x"].map_blocks(explode, dtype="f4")
-    seq = daskfeed.as_sequence(x, blobs["y"], batch_size=64, seed=0)
-    with pytest.raises(daskfeed.ChunkReadError, match="reading array x chunk"):
-        small_model().fit(seq, epochs=1, shuffle=False, verbose=0)
-    ds = daskfeed.as_dataset(x, blobs["y"], batch_size=64, seed=0)
-    with pytest.raises(Exception, match="reading array x chunk"):  # tf.data wraps it in its own error type
-        small_model().fit(ds, epochs=1, verbose=0)
+
+@pytest.mark.parametrize("door", ["as_sequence", "as_dataset"])
+def test_a_read_error_reaches_fit_and_a_loop_as_chunk_read_error(blobs, door):
+    """Mid-epoch, in tf.data's thread: TensorFlow would make it an UnknownError holding the text; the user's
+    ``except daskfeed.ChunkReadError`` catches it, with its array and chunk, in fit and in a plain loop."""
+    from daskfeed.interrupts import Interrupts
+
+    x = blobs["x"].map_blocks(explode_on_chunk_3, dtype="f4")
+    presses = Interrupts.count()
+    make = getattr(daskfeed, door)
+    data = make(x, blobs["y"], batch_size=64, seed=0, memory_budget="40KB", reads_per_chunk=1, shuffle=False)
+    with pytest.raises(daskfeed.ChunkReadError, match="reading array x chunk 3") as info:
+        small_model().fit(data, epochs=1, shuffle=False, verbose=0)
+    assert (info.value.array, info.value.chunk) == ("x", 3)
+    # Raised where fit's thread next called Python, never on entry to a `with` block's exit: TensorFlow's
+    # gradient tape was left as it was, so the next fit trains.
+    good = make(blobs["x"], blobs["y"], batch_size=64, seed=0)
+    assert np.isfinite(small_model().fit(good, epochs=1, shuffle=False, verbose=0).history["loss"][0])
+    if door == "as_dataset":
+        data = make(x, blobs["y"], batch_size=64, seed=0, memory_budget="40KB", reads_per_chunk=1, shuffle=False)
+        with pytest.raises(daskfeed.DaskfeedError, match="reading array x chunk 3"):
+            for _ in data:
+                pass
+    assert Interrupts.count() == presses  # the signal that carried the error is not taken for a Ctrl-C
     assert join_daskfeed_threads() == []
 
 
