@@ -68,6 +68,8 @@ class _NpyPart(_Part):
         self.path = path
         try:
             self._data = np.load(path, mmap_mode="r")  # never loaded whole
+        except EOFError:  # numpy's word for a file of 0 bytes
+            raise InputError(f"cannot read {path!r} as a .npy file: it is empty (0 bytes)") from None
         except (ValueError, OSError) as err:
             raise InputError(f"cannot read {path!r} as a .npy file: {err}") from err
         self.shape = tuple(self._data.shape)

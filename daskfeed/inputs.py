@@ -12,7 +12,7 @@ from typing import Any
 import dask.array as da
 import numpy as np
 
-from daskfeed.errors import InputError, InputTypeError, StoreError
+from daskfeed.errors import DaskfeedWarning, InputError, InputTypeError, StoreError, warn
 
 __all__ = [
     "DEFAULT_READ_TIMEOUT",
@@ -149,13 +149,47 @@ def open_zarr_node(
         if isinstance(node, zarr.Array):
             return node, None
         group = node
-    arrays = dict(group.arrays())
-    for path, sub in group.groups():
-        for name, arr in sub.arrays():
-            arrays[f"{path}/{name}"] = arr
+    try:
+        arrays = dict(group.arrays())
+        for path, sub in group.groups():
+            for name, arr in sub.arrays():
+                arrays[f"{path}/{name}"] = arr
+    except Exception:  # a member zarr cannot parse: open the others one by one, and name it
+        arrays = _readable_members(group)
     if not arrays:
         raise StoreError(f"zarr group {group.store_path} holds no array")
     return group, arrays
+
+
+def _readable_members(group: Any, prefix: str = "") -> dict[str, Any]:
+    """The arrays of ``group`` (and its sub-groups) that zarr can open, each opened alone; a warning names
+    every member that zarr cannot parse (a bad ``zarr.json``, a data type it does not know)."""
+    import zarr
+    from zarr.core.sync import sync  # zarr's bridge to its own event loop, as zarr.Group uses it
+
+    async def names() -> list[str]:
+        return [name async for name in group.store_path.store.list_dir(group.store_path.path)]
+
+    arrays: dict[str, Any] = {}
+    for name in sorted(sync(names())):
+        if name.startswith(".") or name.endswith(".json"):
+            continue
+        try:
+            node = group[name]
+        except KeyError:  # a folder that is not a zarr node
+            continue
+        except Exception as err:
+            warn(
+                f"zarr group {group.store_path}: member {prefix + name!r} cannot be opened and is left out "
+                f"({type(err).__name__}: {err})",
+                DaskfeedWarning,
+            )
+            continue
+        if isinstance(node, zarr.Array):
+            arrays[prefix + name] = node
+        else:
+            arrays.update(_readable_members(node, f"{prefix}{name}/"))
+    return arrays
 
 
 def written_shuffled(attrs: Mapping) -> bool:

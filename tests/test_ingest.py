@@ -205,6 +205,7 @@ def test_permutation_is_a_bijection(n, seed):
         (lambda t: [t / "x.npy", t / "short.npy"], r"same number of samples .* 'x' 1001, 'short' 10"),
         (lambda t: [t / "notes.csv"], "cannot tell how to read it"),
         (lambda t: [t / "objects.npy"], r"cannot read .*objects.npy' as a .npy file"),
+        (lambda t: [t / "zero.npy"], r"cannot read .*zero.npy' as a .npy file: it is empty \(0 bytes\)"),
         (lambda t: [t / "empty"], "has no sub-folder"),
         (lambda t: ["bad name=x.npy"], "is not an array name"),
     ],
@@ -216,6 +217,7 @@ def test_bad_sources_say_what_and_write_nothing(npy, make, match):
     np.save(tmp / "short.npy", np.zeros(10))
     np.save(tmp / "objects.npy", np.array([{"a": 1}] * 3, dtype=object))
     (tmp / "notes.csv").write_text("a,b\n")
+    (tmp / "zero.npy").write_bytes(b"")
     (tmp / "empty").mkdir()
     with pytest.raises(daskfeed.InputError, match=match):
         daskfeed.ingest(make(tmp), tmp / "out.zarr")

@@ -168,3 +168,16 @@ def test_a_remote_store_that_stops_answering_fails_with_the_chunk_named(tmp_path
         release.set()
         server.shutdown()
         server.server_close()
+
+
+def test_a_group_with_one_array_zarr_cannot_parse_opens_the_others_and_names_it(tmp_path):
+    import json
+
+    store = write_store(tmp_path / "g.zarr", {"x": np.zeros((10, 2), "f4"), "y": np.arange(10)}, {"x": 5, "y": 5})
+    meta = tmp_path / "g.zarr" / "y" / "zarr.json"
+    broken = json.loads(meta.read_text())
+    broken["data_type"] = "nonsense"
+    meta.write_text(json.dumps(broken))
+    with pytest.warns(daskfeed.DaskfeedWarning, match=r"member 'y' cannot be opened and is left out \(ValueError"):
+        arrays = daskfeed.open_zarr(store)
+    assert sorted(arrays) == ["x"] and arrays["x"].shape == (10, 2)
