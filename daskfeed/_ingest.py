@@ -527,7 +527,8 @@ def _write_attrs(root: Any, job: _Job) -> None:
         "sources": sorted({p.path for a in arrays for p in a.parts}),
     }
     for src, target in zip(arrays, job.targets):
-        target.attrs.update({**src.attrs, "daskfeed": {"shuffled": job.options.shuffle}})
+        # every_chunk: chunks of fill values are written too, so a missing chunk is damage (integrity.py).
+        target.attrs.update({**src.attrs, "daskfeed": {"shuffled": job.options.shuffle, "every_chunk": True}})
     root.attrs.update({"daskfeed": info, **({"class_names": class_names} if class_names else {})})
 
 

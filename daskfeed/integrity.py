@@ -94,8 +94,10 @@ def _coords(grid: Sequence[int]) -> list[tuple[int, ...]]:
 
 
 def written_by_daskfeed(z: Any) -> bool:
-    """Whether ``daskfeed ingest`` wrote zarr array ``z`` (it writes every chunk, so none may be missing)."""
-    return isinstance(z.attrs.get("daskfeed"), Mapping)
+    """Whether ``daskfeed ingest`` wrote zarr array ``z`` with every chunk (marked ``every_chunk``), so that
+    none may be missing. Stores it wrote before left all-zero chunks out, as zarr does, and carry no mark."""
+    mark = z.attrs.get("daskfeed")
+    return isinstance(mark, Mapping) and mark.get("every_chunk") is True
 
 
 def damage(found: Sequence[MissingChunks]) -> list[str]:
