@@ -270,7 +270,15 @@ class WindowCache:
                 self._start(ahead_plan, ahead)
 
     def _start(self, plan: EpochPlan, window: int) -> None:
-        future = self.pool.submit(self._run, plan, window)
+        """Start making a window in a free slot. It takes spare storage that fits now, so that a buffer is
+        always either spare or a window's, and drops spare storage the slot needs (spare + live <= SLOTS)."""
+        size = plan.window_size(window)
+        storage = next((s for s in self.spare if storage_rows(s) >= size), None)
+        if storage is not None:
+            self.spare.remove(storage)
+        while self.spare and len(self.spare) + len(self.entries) >= SLOTS:
+            self.spare.pop(0)
+        future = self.pool.submit(self._run, plan, window, storage)
         self.entries[(plan.epoch, window)] = _Entry(future, plan)
         future.add_done_callback(lambda _f: self._notify())
 
@@ -278,12 +286,7 @@ class WindowCache:
         with self.cond:
             self.cond.notify_all()
 
-    def _run(self, plan: EpochPlan, window: int) -> Window:
-        size = plan.window_size(window)
-        with self.cond:
-            storage = next((s for s in self.spare if storage_rows(s) >= size), None)
-            if storage is not None:
-                self.spare.remove(storage)
+    def _run(self, plan: EpochPlan, window: int, storage: list[np.ndarray] | None) -> Window:
         made = self._make(plan, window, storage)
         with self.cond:
             self.stats.windows_computed += made.decoded > 0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import itertools
 import os
@@ -404,7 +405,8 @@ def _gather_remote(graph: dict, outs: list, places: list, scheduler: Scheduler) 
         for future in _as_done(futures, scheduler):
             place(index[future.key], future.result())  # raises the task's error, or why it was cancelled
     finally:
-        scheduler.client.cancel(futures)
+        with contextlib.suppress(Exception):  # best effort: a client that lost its scheduler cannot cancel
+            scheduler.client.cancel(futures)
 
 
 class _NoWorkers(Exception):
