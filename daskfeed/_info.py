@@ -211,7 +211,7 @@ def info(
     verify : bool, default False
         List the store and compare it with each array's chunk grid: every chunk missing from the store (which
         zarr would serve as the fill value) is a warning naming the array, chunks and samples, and samples
-        missing in one array but present in another are flagged as damage. One listing; no chunk is read.
+        missing in one array but present in another are flagged as damage. One listing per array; no chunk is read.
 
     Returns
     -------

@@ -47,7 +47,8 @@ class MemoryBudgetError(InputError):
 
 
 class StoreError(InputError):
-    """A path or URL given to :func:`daskfeed.open_zarr` is not a readable zarr store."""
+    """A path or URL given to :func:`daskfeed.open_zarr` is not a readable zarr store, or a store lacks chunk
+    files the loader refuses to serve as fill values (``missing_chunks``)."""
 
 
 class ChunkReadError(DaskfeedError, RuntimeError):

@@ -187,8 +187,8 @@ def _readable_members(group: Any, prefix: str = "") -> dict[str, Any]:
             continue
         if isinstance(node, zarr.Array):
             arrays[prefix + name] = node
-        else:
-            arrays.update(_readable_members(node, f"{prefix}{name}/"))
+        elif not prefix:  # as group.groups() above: arrays one group down, no deeper
+            arrays.update(_readable_members(node, f"{name}/"))
     return arrays
 
 

@@ -129,7 +129,17 @@ def check_missing(arrays: Sequence[tuple[str, Any]], mode: str) -> list[MissingC
         return []
     reports, unlisted = [], []
     for name, z in arrays:
-        report = find_missing(z, name)
+        try:
+            report = find_missing(z, name)
+        except Exception as err:  # a store that refuses listing (say, S3 credentials without ListBucket)
+            if mode == "error":
+                raise StoreError(
+                    f"missing_chunks='error' cannot be checked for {name}: listing its store failed "
+                    f"({type(err).__name__}: {err}); pass missing_chunks='warn' or 'fill'"
+                ) from err
+            reason = f"{type(err).__name__}: {err}"
+            warn(f"cannot check {name} for missing chunks: listing its store failed ({reason})", DaskfeedWarning)
+            continue
         if report is None:
             unlisted.append(name)
         else:

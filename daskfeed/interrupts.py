@@ -224,8 +224,9 @@ class Interrupts:
         reader = cls._reader
         if reader is not None and threading.current_thread() is threading.main_thread():
             with contextlib.suppress(ValueError, OSError):
-                if signal.set_wakeup_fd(-1) != cls._writer.fileno():  # someone else's since: put it back
-                    signal.set_wakeup_fd(cls._writer.fileno())
+                previous = signal.set_wakeup_fd(-1)
+                if previous != cls._writer.fileno():  # someone else's since: put theirs back, keep ours open
+                    signal.set_wakeup_fd(previous)
                     return
             cls._reader = None
             reader.close()

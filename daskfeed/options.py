@@ -151,10 +151,12 @@ class LoaderOptions:
         the ``count`` shards partition each epoch.
     missing_chunks : {"warn", "error", "fill"}, default "warn"
         What to do about chunk files missing from a zarr store, which zarr serves as the fill value (zeros).
-        The loader lists each store once when it is made (no chunk is read). ``"warn"`` warns once, naming
-        the arrays, chunks and samples; ``"error"`` raises :class:`daskfeed.StoreError`; ``"fill"`` does not
-        look. A store ``daskfeed ingest`` wrote has every chunk, so there a missing chunk is always an error
-        unless ``"fill"``. HTTP stores cannot be listed: ``"warn"`` skips them, ``"error"`` refuses them.
+        The loader lists the store of each zarr array daskfeed opened (``open_zarr``, or a ``zarr.Array``
+        passed as is; not a dask array built on one) once when it is made, no chunk read. ``"warn"`` warns
+        once, naming the arrays, chunks and samples; ``"error"`` raises :class:`daskfeed.StoreError`;
+        ``"fill"`` does not look. Arrays ``daskfeed ingest`` marked ``every_chunk`` have every chunk, so there
+        a missing chunk is an error unless ``"fill"``. HTTP stores cannot be listed: ``"warn"`` skips them,
+        ``"error"`` refuses them.
     no_workers_timeout : float, default 60
         Seconds a read on a ``distributed`` cluster waits while the cluster has no workers before it fails
         with :class:`daskfeed.ChunkReadError` (a cluster scaled to zero, nannies that gave up).

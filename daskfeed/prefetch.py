@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import functools
 import itertools
@@ -276,7 +277,7 @@ def _read_zarr_run(array: Any, start: int, stop: int, at: int, buffer: np.ndarra
 def _zarr_runs(source: BlockSource, blocks: dict[int, list[BlockPart]]) -> list[tuple[int, int, int] | int]:
     """Blocks read whole into consecutive rows merged into ``(start, stop, at)`` runs; other blocks as they are.
 
-    A run stops at :data:`RUN_BYTES`, so that a large read still leaves work for more than one thread.
+    :data:`RUN_BYTES` bounds a run; it is so high that no run is split: zarr decodes a run's chunks concurrently.
     """
     out: list = []
     run: list | None = None
@@ -414,29 +415,31 @@ class _NoWorkers(Exception):
 
 
 def _as_done(futures: list, scheduler: Scheduler) -> Iterator[Any]:
-    """``futures`` as they finish; fails when the loader closes, or when the cluster has had no workers for
-    ``no_workers_timeout`` seconds (distributed would wait for workers forever)."""
-    from distributed import wait
-
-    pending, idle_since = set(futures), None
-    while pending:
-        try:
-            done, pending = wait(pending, timeout=REMOTE_WAIT_SLICE_S, return_when="FIRST_COMPLETED")
-        except TimeoutError:
-            done = set()
-        yield from done
-        if scheduler.closed.is_set():
-            raise DaskfeedError("the loader was closed while chunks were being read on the cluster")
-        if done or scheduler.client.status != "running" or scheduler.client.nthreads():
-            idle_since = None
-            continue
-        idle_since = idle_since or time.monotonic()
-        if time.monotonic() - idle_since >= scheduler.no_workers_timeout:
-            raise _NoWorkers(
-                f"the dask cluster ({scheduler.client.scheduler.address}) has had no workers for "
-                f"{scheduler.no_workers_timeout:g} s while {len(pending)} chunk reads waited (scaled to zero, or "
-                "its workers died and were not restarted); start workers, or raise no_workers_timeout"
-            )
+    """``futures`` once finished, in order; fails when the loader closes, or when the cluster has had no
+    workers for ``no_workers_timeout`` seconds (distributed would wait for workers forever). Each future is
+    waited for through its own client, in slices (``distributed.wait`` would use the default client)."""
+    idle_since = None
+    for future in futures:
+        while True:
+            try:
+                future.result(timeout=REMOTE_WAIT_SLICE_S)  # raises the task's error, or why it was cancelled
+                break
+            except (TimeoutError, asyncio.TimeoutError):  # one class from Python 3.11, two before
+                pass
+            if scheduler.closed.is_set():
+                raise DaskfeedError("the loader was closed while chunks were being read on the cluster")
+            if scheduler.client.status != "running" or scheduler.client.nthreads():
+                idle_since = None
+                continue
+            idle_since = idle_since or time.monotonic()
+            if time.monotonic() - idle_since >= scheduler.no_workers_timeout:
+                raise _NoWorkers(
+                    f"the dask cluster ({scheduler.client.scheduler.address}) has had no workers for "
+                    f"{scheduler.no_workers_timeout:g} s while chunk reads waited (scaled to zero, or its workers "
+                    "died and were not restarted); start workers, or raise no_workers_timeout"
+                )
+        idle_since = None
+        yield future
 
 
 def _locate_failure(jobs: list[ReadJob], scheduler: Scheduler, err: Exception) -> ChunkReadError:

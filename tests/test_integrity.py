@@ -129,3 +129,23 @@ def test_an_http_store_cannot_be_listed_so_warn_skips_it_and_error_refuses_it(tm
         daskfeed.Loader(arrays["x"], arrays["y"], batch_size=100, seed=0)
     with pytest.raises(daskfeed.StoreError, match="cannot be checked for x, y: an HTTP store cannot be listed"):
         daskfeed.Loader(arrays["x"], arrays["y"], batch_size=100, seed=0, missing_chunks="error")
+
+
+def test_a_store_that_refuses_listing_is_warned_about_not_a_crash(tmp_path):
+    """Like S3 credentials without ListBucket: reading works, listing fails."""
+    import zarr
+    from zarr.storage import LocalStore, WrapperStore
+
+    class NoListing(WrapperStore):
+        async def list_prefix(self, prefix):
+            raise PermissionError("AccessDenied: s3:ListBucket")
+            yield  # an async generator, as zarr's stores are
+
+    user_store(tmp_path / "s.zarr")
+    group = zarr.open_group(store=NoListing(LocalStore(str(tmp_path / "s.zarr"), read_only=True)), mode="r")
+    arrays = daskfeed.open_zarr(group)
+    with pytest.warns(daskfeed.DaskfeedWarning, match=r"cannot check x for missing chunks: .*ListBucket"):
+        loader = daskfeed.Loader(arrays["x"], arrays["y"], batch_size=100, seed=0)
+    assert sum(len(b[1]) for b in loader) == 5000
+    with pytest.raises(daskfeed.StoreError, match="missing_chunks='error' cannot be checked for x: listing"):
+        daskfeed.Loader(arrays["x"], arrays["y"], batch_size=100, seed=0, missing_chunks="error")
