@@ -403,8 +403,8 @@ def _gather_remote(graph: dict, outs: list, places: list, scheduler: Scheduler) 
     futures = scheduler.client.get(graph, outs, sync=False)
     index = {f.key: i for i, f in enumerate(futures)}
     try:
-        for future in _as_done(futures, scheduler):
-            place(index[future.key], future.result())  # raises the task's error, or why it was cancelled
+        for future, values in _as_done(futures, scheduler):
+            place(index[future.key], values)
     finally:
         with contextlib.suppress(Exception):  # best effort: a client that lost its scheduler cannot cancel
             scheduler.client.cancel(futures)
@@ -414,15 +414,16 @@ class _NoWorkers(Exception):
     """A cluster without workers for longer than the loader's ``no_workers_timeout``."""
 
 
-def _as_done(futures: list, scheduler: Scheduler) -> Iterator[Any]:
-    """``futures`` once finished, in order; fails when the loader closes, or when the cluster has had no
-    workers for ``no_workers_timeout`` seconds (distributed would wait for workers forever). Each future is
-    waited for through its own client, in slices (``distributed.wait`` would use the default client)."""
+def _as_done(futures: list, scheduler: Scheduler) -> Iterator[tuple[Any, Any]]:
+    """``(future, result)`` for each of ``futures``, in order, each result fetched once; fails when the loader
+    closes, or when the cluster has had no workers for ``no_workers_timeout`` seconds (distributed would wait
+    for workers forever). Each future is waited for through its own client, in slices (``distributed.wait``
+    would use the default client)."""
     idle_since = None
     for future in futures:
         while True:
             try:
-                future.result(timeout=REMOTE_WAIT_SLICE_S)  # raises the task's error, or why it was cancelled
+                values = future.result(timeout=REMOTE_WAIT_SLICE_S)  # the task's error, or why it was cancelled
                 break
             except (TimeoutError, asyncio.TimeoutError):  # one class from Python 3.11, two before
                 pass
@@ -439,7 +440,7 @@ def _as_done(futures: list, scheduler: Scheduler) -> Iterator[Any]:
                     "died and were not restarted); start workers, or raise no_workers_timeout"
                 )
         idle_since = None
-        yield future
+        yield future, values
 
 
 def _locate_failure(jobs: list[ReadJob], scheduler: Scheduler, err: Exception) -> ChunkReadError:
