@@ -8,6 +8,8 @@ daskfeed lists the store once (one listing, no chunk is read) and compares it wi
 
 from __future__ import annotations
 
+import functools
+import itertools
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -34,7 +36,7 @@ class MissingChunks:
     n_samples: int
     missing: tuple[tuple[int, ...], ...]  # grid coordinates of the chunks not stored
 
-    @property
+    @functools.cached_property
     def samples(self) -> list[tuple[int, int]]:
         """The sample ranges (start, stop) that hold fill values in place of missing chunks, merged."""
         rows = sorted({c[0] for c in self.missing})
@@ -83,14 +85,9 @@ def find_missing(z: Any, name: str) -> MissingChunks | None:
         return {key[len(start) :] async for key in z.store_path.store.list_prefix(start)}
 
     stored = sync(listing())
-    missing = tuple(c for c in _coords(grid) if z.metadata.encode_chunk_key(c) not in stored)
+    coords = itertools.product(*(range(g) for g in grid))
+    missing = tuple(c for c in coords if z.metadata.encode_chunk_key(c) not in stored)
     return MissingChunks(name, grid, int(step[0]), int(z.shape[0]), missing)
-
-
-def _coords(grid: Sequence[int]) -> list[tuple[int, ...]]:
-    import itertools
-
-    return list(itertools.product(*(range(g) for g in grid)))
 
 
 def written_by_daskfeed(z: Any) -> bool:
