@@ -132,7 +132,9 @@ def test_a_chunk_that_kills_its_worker_every_time_fails_with_the_cause():
     assert isinstance(info.value.__cause__, distributed.KilledWorker)
 
 
-def test_a_lost_scheduler_fails_with_the_connection_error_as_cause():
+@pytest.fixture
+def one_worker():
+    """A LocalCluster of one worker process, its client, and 10,000 samples read in chunks of 500."""
     import dask.array as da
 
     x = da.from_array(np.arange(40_000).reshape(10_000, 4), chunks=(500, 4))
@@ -140,78 +142,79 @@ def test_a_lost_scheduler_fails_with_the_connection_error_as_cause():
         distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=None) as cluster,
         distributed.Client(cluster) as client,
     ):
-        loader = daskfeed.Loader(x, batch_size=50, seed=0, memory_budget="40KB", scheduler=client)
-        loader.batch(0)
-        client.sync(cluster.scheduler.close)  # the scheduler goes away mid-epoch
-        with pytest.raises(daskfeed.ChunkReadError, match="the dask cluster went away") as info:
-            for i in range(len(loader)):
-                loader.batch(i)
-        loader.close()
+        yield cluster, client, x
+
+
+def started_loader(x, client, **knobs):
+    """A loader on ``client`` that has served its first batch: the cluster is in use mid-epoch."""
+    loader = daskfeed.Loader(x, batch_size=50, seed=0, memory_budget="40KB", scheduler=client, **knobs)
+    loader.batch(0)
+    return loader
+
+
+def scale_to_zero(cluster, client):
+    """Remove every worker, and return once the scheduler says so (a hang guard: the test times out if the
+    worker never goes)."""
+    import time
+
+    cluster.scale(0)
+    while client.nthreads():
+        time.sleep(0.1)
+
+
+def test_a_lost_scheduler_fails_with_the_connection_error_as_cause(one_worker):
+    cluster, client, x = one_worker
+    loader = started_loader(x, client)
+    client.sync(cluster.scheduler.close)  # the scheduler goes away mid-epoch
+    with pytest.raises(daskfeed.ChunkReadError, match="the dask cluster went away") as info:
+        for i in range(len(loader)):
+            loader.batch(i)
+    loader.close()
     assert "scheduler" in str(info.value.__cause__) and not isinstance(info.value.__cause__, TypeError)
 
 
-def test_a_cluster_scaled_to_zero_fails_the_epoch_after_no_workers_timeout():
+def test_a_cluster_scaled_to_zero_fails_the_epoch_after_no_workers_timeout(one_worker):
     """distributed waits for workers forever; the loader gives up after ``no_workers_timeout`` seconds."""
-    import time
-
-    import dask.array as da
-
-    x = da.from_array(np.arange(40_000).reshape(10_000, 4), chunks=(500, 4))
-    with (
-        distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=None) as cluster,
-        distributed.Client(cluster) as client,
-    ):
-        loader = daskfeed.Loader(x, batch_size=50, seed=0, memory_budget="40KB", scheduler=client, no_workers_timeout=2)
-        loader.batch(0)
-        cluster.scale(0)
-        while client.nthreads():  # the worker is gone once the scheduler says so (a hang guard: the test
-            time.sleep(0.1)  # times out if it never goes)
-        with pytest.raises(daskfeed.ChunkReadError, match="has had no workers for 2 s"):
-            for i in range(len(loader)):
-                loader.batch(i)
-        # Given workers again, a new loader reads from the same cluster.
-        cluster.scale(1)
-        client.wait_for_workers(1)
-        with daskfeed.Loader(x, batch_size=50, seed=0, memory_budget="40KB", scheduler=client) as again:
-            assert len(list(again)) == len(again)
-        loader.close()
+    cluster, client, x = one_worker
+    loader = started_loader(x, client, no_workers_timeout=2)
+    scale_to_zero(cluster, client)
+    with pytest.raises(daskfeed.ChunkReadError, match="has had no workers for 2 s"):
+        for i in range(len(loader)):
+            loader.batch(i)
+    # Given workers again, a new loader reads from the same cluster.
+    cluster.scale(1)
+    client.wait_for_workers(1)
+    with daskfeed.Loader(x, batch_size=50, seed=0, memory_budget="40KB", scheduler=client) as again:
+        assert len(list(again)) == len(again)
+    loader.close()
 
 
-def test_close_returns_while_a_read_waits_on_a_cluster_without_workers():
+def test_close_returns_while_a_read_waits_on_a_cluster_without_workers(one_worker):
     """``close()`` from another thread ends the wait and cancels the cluster's futures, whatever the cluster
     does; the consumer gets DaskfeedError."""
     import threading
 
-    import dask.array as da
+    cluster, client, x = one_worker
+    loader = started_loader(x, client)
+    scale_to_zero(cluster, client)
+    failed = []
 
-    x = da.from_array(np.arange(40_000).reshape(10_000, 4), chunks=(500, 4))
-    with (
-        distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=None) as cluster,
-        distributed.Client(cluster) as client,
-    ):
-        loader = daskfeed.Loader(x, batch_size=50, seed=0, memory_budget="40KB", scheduler=client)
-        loader.batch(0)
-        cluster.scale(0)
-        while client.nthreads():
-            threading.Event().wait(0.1)
-        failed = []
+    def consume():
+        try:
+            for i in range(len(loader)):
+                loader.batch(i)
+        except daskfeed.DaskfeedError as err:
+            failed.append(err)
 
-        def consume():
-            try:
-                for i in range(len(loader)):
-                    loader.batch(i)
-            except daskfeed.DaskfeedError as err:
-                failed.append(err)
-
-        consumer = threading.Thread(target=consume)
-        consumer.start()
-        consumer.join(timeout=3)
-        assert consumer.is_alive()  # waiting for workers that will not come (the default wait is 60 s)
-        loader.close()
-        consumer.join(timeout=30)  # a hang guard: close ends the wait within a slice
-        assert not consumer.is_alive() and failed and "closed" in str(failed[0])
-        for _ in range(150):  # the reading threads cancel their futures as they leave (a hang guard, not a timing)
-            if not client.futures:
-                break
-            threading.Event().wait(0.2)
-        assert not client.futures, "the loader's futures were not cancelled"
+    consumer = threading.Thread(target=consume)
+    consumer.start()
+    consumer.join(timeout=3)
+    assert consumer.is_alive()  # waiting for workers that will not come (the default wait is 60 s)
+    loader.close()
+    consumer.join(timeout=30)  # a hang guard: close ends the wait within a slice
+    assert not consumer.is_alive() and failed and "closed" in str(failed[0])
+    for _ in range(150):  # the reading threads cancel their futures as they leave (a hang guard, not a timing)
+        if not client.futures:
+            break
+        threading.Event().wait(0.2)
+    assert not client.futures, "the loader's futures were not cancelled"
