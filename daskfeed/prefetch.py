@@ -22,12 +22,15 @@ import numpy as np
 from dask.core import flatten
 from dask.optimization import cull
 
+from daskfeed.decode import ChunkCodec, ChunkTarget, read_chunks
 from daskfeed.errors import ChunkReadError, DaskfeedError
 from daskfeed.inputs import zarr_behind
 
 __all__ = ["BlockPart", "BlockSource", "ReadJob", "Scheduler", "UnitRead", "WorkerPool", "read_blocks"]
 
 _thread_ids = itertools.count()
+#: Requests for chunks of a store that is not local files that a loader keeps in flight, by default.
+DEFAULT_CONCURRENCY = 32
 #: A read waiting on a cluster checks this often whether the loader closed or the cluster lost its workers.
 REMOTE_WAIT_SLICE_S = 0.5
 #: Chunks read whole into consecutive rows are read with one zarr call of up to this many decoded bytes.
@@ -103,7 +106,7 @@ class Scheduler:
     makes its own threads.
     """
 
-    def __init__(self, scheduler: Any, no_workers_timeout: float = 60.0):
+    def __init__(self, scheduler: Any, no_workers_timeout: float = 60.0, concurrency: int = DEFAULT_CONCURRENCY):
         import dask.local
         import dask.threaded
         from dask.base import get_scheduler
@@ -119,11 +122,40 @@ class Scheduler:
         self._pool: WorkerPool | None = None
         self._pid = 0
         self.no_workers_timeout = no_workers_timeout
+        self.concurrency = concurrency
+        self._limit: asyncio.Semaphore | None = None
         #: Set by :meth:`close`: reads waiting on a cluster stop (and cancel their futures) within a slice.
         self.closed = threading.Event()
 
     def close(self) -> None:
         self.closed.set()
+
+    def _threads(self) -> WorkerPool:
+        pool = self._pool
+        if pool is None or self._pid != os.getpid():  # first use, or a forked child: threads of its own
+            pool = self._pool = WorkerPool(max_threads=usable_cores(), name="daskfeed-read")
+            self._limit = None
+            self._pid = os.getpid()
+        return pool
+
+    def submit(self, fn: Callable[..., Any], *args: Any) -> Future:
+        """Run ``fn(*args)`` on a ``daskfeed-read`` thread (one per usable core), or at once with the
+        synchronous scheduler."""
+        if self._threaded:
+            return self._threads().submit(fn, *args)
+        future: Future = Future()
+        try:
+            future.set_result(fn(*args))
+        except BaseException as err:
+            future.set_exception(err)
+        return future
+
+    def in_flight(self) -> asyncio.Semaphore:
+        """The loader's limit on chunk requests in flight (``concurrency``), made in zarr's event loop."""
+        self._threads()
+        if self._limit is None:
+            self._limit = asyncio.Semaphore(self.concurrency)
+        return self._limit
 
     def get(self, graph: dict, keys: list) -> Any:
         if not self._threaded:
@@ -131,17 +163,14 @@ class Scheduler:
         import dask.local
         import dask.threaded
 
-        pool = self._pool
-        if pool is None or self._pid != os.getpid():  # first use, or a forked child: threads of its own
-            pool = self._pool = WorkerPool(max_threads=os.cpu_count() or 1, name="daskfeed-read")
-            self._pid = os.getpid()
+        pool = self._threads()
         return dask.local.get_async(
             pool.submit, pool.max_threads, graph, keys, pack_exception=dask.threaded.pack_exception
         )
 
     def __getstate__(self) -> dict:
         state = self.__dict__.copy()
-        state["_pool"] = None  # threads stay behind; a copy in another process makes its own
+        state["_pool"] = state["_limit"] = None  # threads stay behind; a copy in another process makes its own
         state["closed"] = None
         return state
 
@@ -184,6 +213,8 @@ class BlockSource:
     def __init__(self, array: da.Array):
         #: The zarr array itself when the dask array is exactly that array: read without a copy (_read_zarr).
         self.zarr = zarr_behind(array)
+        #: How to decode its stored chunks on daskfeed's threads, when that can be done (see ChunkCodec).
+        self.codec = ChunkCodec.of(self.zarr) if self.zarr is not None else None
         self.row_bytes = int(np.dtype(array.dtype).itemsize * np.prod(array.shape[1:], dtype=np.int64))
         self.bounds = np.concatenate([[0], np.cumsum(array.chunks[0])]).astype(np.int64)
         self.graph: dict = {}
@@ -298,6 +329,49 @@ def _zarr_runs(source: BlockSource, blocks: dict[int, list[BlockPart]]) -> list[
     return [tuple(r) if isinstance(r, list) else r for r in out]
 
 
+def _chunk_targets(job: ReadJob) -> list[ChunkTarget]:
+    """The stored chunks ``job`` needs, each once, with the rows each of its parts takes from it.
+
+    A block (dask chunk) may span several zarr chunks or part of one; chunks along the other axes each
+    become a target of their own, so a block's decoding spreads over every core.
+    """
+    codec, source = job.source.codec, job.source
+    step = codec.chunk_shape[0]
+    puts: dict[int, list] = {}
+    block_of: dict[int, int] = {}
+    for b, parts in job.blocks.items():
+        base = int(source.bounds[b])
+        for p in parts:
+            if p.rows is None:
+                lo, hi = base + p.lo, base + p.hi
+                for c in range(lo // step, (hi - 1) // step + 1):
+                    a, z = max(lo, c * step), min(hi, (c + 1) * step)
+                    puts.setdefault(c, []).append((slice(a - c * step, z - c * step), p.at + a - lo))
+                    block_of.setdefault(c, b)
+                continue
+            rows = p.rows + base
+            chunk_of = rows // step
+            cuts = np.flatnonzero(np.diff(chunk_of)) + 1
+            for group in np.split(np.arange(len(rows)), cuts):
+                c = int(chunk_of[group[0]])
+                puts.setdefault(c, []).append((rows[group] - c * step, p.at + int(group[0])))
+                block_of.setdefault(c, b)
+    across = [range(-(-s // c)) for s, c in zip(codec.shape[1:], codec.chunk_shape[1:])]
+    return [
+        ChunkTarget(job.name, codec, (c, *rest), job.buffer, puts[c], block_of[c], source.block_range(block_of[c]))
+        for c in sorted(puts)
+        for rest in itertools.product(*across)
+    ]
+
+
+def usable_cores() -> int:
+    """The cores this process may run on (``taskset``, cgroup cpusets), not all the machine has."""
+    try:
+        return len(os.sched_getaffinity(0)) or 1
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
 def _write(buffer: np.ndarray, parts: list[BlockPart], block: np.ndarray) -> None:
     _put(buffer, parts, block)
 
@@ -352,8 +426,13 @@ def read_blocks(jobs: list[ReadJob], scheduler: Scheduler) -> int:
         return 0
     try:
         if scheduler.shared_memory:
-            graph, outs, _ = _graph(jobs, local=True)
-            scheduler.get(graph, outs)
+            targets = [t for job in jobs if job.source.codec is not None for t in _chunk_targets(job)]
+            if targets:
+                read_chunks(targets, scheduler.submit, scheduler.closed, scheduler.in_flight)
+            others = [job for job in jobs if job.source.codec is None]
+            if others:
+                graph, outs, _ = _graph(others, local=True)
+                scheduler.get(graph, outs)
         else:
             graph, outs, places = _graph(jobs, local=False)
             _gather_remote(graph, outs, places, scheduler)
