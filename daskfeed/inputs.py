@@ -45,8 +45,29 @@ def _from_zarr(array: Any) -> da.Array:
 
 
 def zarr_behind(array: da.Array) -> Any | None:
-    """The zarr array a dask array reads with nothing else on top, if daskfeed opened it; else None."""
-    return _ZARR_BY_NAME.get(array.name)
+    """The zarr array a dask array reads with nothing else on top: one daskfeed opened, or ``da.from_zarr(z)``
+    of a zarr array (any chunks, array not inlined); else None."""
+    found = _ZARR_BY_NAME.get(array.name)
+    if found is None and array.name.startswith("from-zarr-"):
+        found = _from_zarr_graph(array)
+    return found
+
+
+def _from_zarr_graph(array: da.Array) -> Any | None:
+    """The zarr array of a graph ``da.from_zarr`` made: a layer of getters and the one-key layer that holds it."""
+    import zarr
+
+    layers = array.dask.layers
+    held = [
+        value
+        for name, layer in layers.items()
+        if name.startswith("original-from-zarr-") and len(layer) == 1
+        for value in layer.values()
+    ]
+    if len(layers) != 2 or len(held) != 1 or not isinstance(held[0], zarr.Array):
+        return None
+    z = held[0]
+    return z if tuple(z.shape) == tuple(array.shape) and np.dtype(z.dtype) == array.dtype else None
 
 
 #: Seconds a read from a remote store (http, https, s3) may stall before it fails; see :func:`open_zarr`.

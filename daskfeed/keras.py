@@ -127,6 +127,7 @@ def as_sequence(
     shard: tuple[int, int] | None = None,
     missing_chunks: str = "warn",
     no_workers_timeout: float = 60.0,
+    concurrency: int = 32,
     workers: int = 1,
     use_multiprocessing: bool = False,
     max_queue_size: int = 10,
@@ -141,7 +142,7 @@ def as_sequence(
     y, sample_weight : array or dict of arrays, optional
         Targets and per-sample weights, the same kinds as ``x``. ``x`` alone serves prediction.
     batch_size, shuffle, seed, drop_remainder, memory_budget, reads_per_chunk, scheduler, shard, \
-    missing_chunks, no_workers_timeout
+    missing_chunks, no_workers_timeout, concurrency
         The loader's knobs, documented in :class:`daskfeed.LoaderOptions`. The defaults: batches of 32,
         shuffled across chunks with a drawn seed, a memory budget of 1 GiB, ``reads_per_chunk="auto"``.
     workers, use_multiprocessing, max_queue_size

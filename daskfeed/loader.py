@@ -80,7 +80,11 @@ class Loader:
         mixed = self.inputs.written_shuffled()
         self.layout: Layout = choose_layout(self.inputs.leaves, self.inputs.n_samples, self.options, mixed=mixed)
         self.config: PlanConfig = self.layout.plan_config(self.options)
-        self._scheduler = Scheduler(self.options.scheduler, no_workers_timeout=self.options.no_workers_timeout)
+        self._scheduler = Scheduler(
+            self.options.scheduler,
+            no_workers_timeout=self.options.no_workers_timeout,
+            concurrency=self.options.concurrency,
+        )
         check_missing(
             [(leaf.name, z) for leaf in self.inputs.leaves if leaf.lazy and (z := zarr_behind(leaf.array)) is not None],
             self.options.missing_chunks,

@@ -160,6 +160,10 @@ class LoaderOptions:
     no_workers_timeout : float, default 60
         Seconds a read on a ``distributed`` cluster waits while the cluster has no workers before it fails
         with :class:`daskfeed.ChunkReadError` (a cluster scaled to zero, nannies that gave up).
+    concurrency : int, default 32
+        Chunk requests the loader keeps in flight at once to a store that is not a local directory (S3,
+        HTTP, GCS, a wrapping store): each request waits on the network, so many at once keep every core
+        decoding. Local chunk files are read by the decoding threads, one per usable core, whatever this says.
 
     Examples
     --------
@@ -183,6 +187,7 @@ class LoaderOptions:
     shard: Shard | tuple[int, int] | None = None
     missing_chunks: str = "warn"
     no_workers_timeout: float = 60.0
+    concurrency: int = 32
 
     def __post_init__(self) -> None:
         def put(name: str, value: Any) -> None:
@@ -209,6 +214,7 @@ class LoaderOptions:
                 f"missing_chunks must be one of {', '.join(map(repr, MISSING_CHUNKS))}, got {self.missing_chunks!r}"
             )
         put("no_workers_timeout", _check_seconds("no_workers_timeout", self.no_workers_timeout))
+        put("concurrency", check_int("concurrency", self.concurrency, 1))
 
 
 #: The names of the knobs, in the order of :class:`LoaderOptions`.

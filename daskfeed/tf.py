@@ -35,6 +35,7 @@ def as_dataset(
     shard: tuple[int, int] | None = None,
     missing_chunks: str = "warn",
     no_workers_timeout: float = 60.0,
+    concurrency: int = 32,
 ) -> tf.data.Dataset:
     """Serve shuffled batches of chunked arrays as a ``tf.data.Dataset``; each iteration is the next epoch.
 
