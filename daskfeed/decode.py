@@ -17,6 +17,9 @@ __all__ = ["ChunkCodec", "ChunkTarget", "read_chunks"]
 
 #: A read waiting for its chunks checks this often whether the loader was closed.
 WAIT_SLICE_S = 0.1
+#: Local chunks are decoded in tasks of about this many decoded bytes: a task per small chunk (labels of 8 KB)
+#: would cost more in handing work to threads than in decoding.
+TASK_BYTES = 2**21
 
 
 class ChunkCodec:
@@ -41,6 +44,7 @@ class ChunkCodec:
         self.shape = tuple(int(s) for s in array.shape)
         self.chunk_shape = tuple(int(c) for c in array.chunks)
         self.dtype = np.dtype(array.dtype)
+        self.chunk_nbytes = self.dtype.itemsize * int(np.prod(self.chunk_shape))
         self.fill = np.asarray(array.fill_value if array.fill_value is not None else 0, dtype=self.dtype)
         self.store = array.store
         self.prefix = f"{array.path}/" if array.path else ""
@@ -179,12 +183,26 @@ def _decode_into(target: ChunkTarget, raw: Any) -> None:
         raise _fail(target, err) from err
 
 
-def _read_local(target: ChunkTarget) -> None:
-    try:
-        raw = target.codec.fetch_local(target.codec.key(target.coords))
-    except Exception as err:
-        raise _fail(target, err) from err
-    _decode_into(target, raw)
+def _read_local(targets: list[ChunkTarget]) -> None:
+    for target in targets:
+        try:
+            raw = target.codec.fetch_local(target.codec.key(target.coords))
+        except Exception as err:
+            raise _fail(target, err) from err
+        _decode_into(target, raw)
+
+
+def _tasks(targets: list[ChunkTarget]) -> list[list[ChunkTarget]]:
+    """Consecutive targets grouped into tasks of about :data:`TASK_BYTES` decoded bytes."""
+    tasks: list[list[ChunkTarget]] = []
+    size = TASK_BYTES
+    for target in targets:
+        if size >= TASK_BYTES:
+            tasks.append([])
+            size = 0
+        tasks[-1].append(target)
+        size += target.codec.chunk_nbytes
+    return tasks
 
 
 def read_chunks(
@@ -197,7 +215,7 @@ def read_chunks(
     at most ``in_flight()``'s count of requests at once, each chunk decoded on ``submit``'s threads as it
     arrives. Raises :class:`ChunkReadError` naming the first chunk that failed, or :class:`DaskfeedError`
     when ``closed`` is set while waiting."""
-    futures = [submit(_read_local, t) for t in targets if t.codec.root is not None]
+    futures = [submit(_read_local, task) for task in _tasks([t for t in targets if t.codec.root is not None])]
     remote = [t for t in targets if t.codec.root is None]
     decodes: list[Future] = []  # of chunks fetched from other stores
     try:

@@ -10,6 +10,10 @@ from daskfeed.errors import InputError
 
 __all__ = ["EpochPlan", "PlanConfig", "shard_chunks"]
 
+#: The first windows of epoch 0 hold 1/16, 1/8, 1/4 and 1/2 of a full window (at least one read unit each), so
+#: the first batch waits for a small read, not a whole window; the windows being served hide the larger reads.
+GROW_WINDOWS = 4
+
 # Keys that keep the random streams of the plan independent of one another.
 _SHARD, _ORDER, _ROWS, _WINDOW = 0, 1, 2, 3
 
@@ -109,7 +113,12 @@ class EpochPlan:
         self.unit_size = sizes[keep]
         unit_offsets = np.concatenate([[0], np.cumsum(self.unit_size)])
         self.n_samples = int(unit_offsets[-1])
-        self.window_units = self._pack(unit_offsets, self.n_samples if self.resident else config.window_samples)
+        grow = GROW_WINDOWS if epoch == 0 and not self.resident and len(self.unit_size) else 0
+        # A grown window still holds more than a batch, so that a batch spans at most two windows.
+        least = int(self.unit_size.max()) + config.batch_size if grow else 0
+        self.window_units = self._pack(
+            unit_offsets, self.n_samples if self.resident else config.window_samples, grow, least
+        )
         self.window_offsets = unit_offsets[self.window_units]
         self.unit_offsets = unit_offsets
         bs = config.batch_size
@@ -118,13 +127,15 @@ class EpochPlan:
         self.n_served = min(self.n_samples, self.n_batches * bs)
 
     @staticmethod
-    def _pack(unit_offsets: np.ndarray, window_samples: int) -> np.ndarray:
-        """Greedy packing: a window takes units while they fit in ``window_samples``, and at least one."""
+    def _pack(unit_offsets: np.ndarray, window_samples: int, grow: int = 0, least: int = 0) -> np.ndarray:
+        """Greedy packing: a window takes units while they fit in ``window_samples``, and at least one; window
+        ``k < grow`` in ``window_samples / 2**(grow - k)``, but at least ``least`` samples."""
         starts = [0]
         n_units = len(unit_offsets) - 1
         while starts[-1] < n_units:
             s = starts[-1]
-            stop = int(np.searchsorted(unit_offsets, unit_offsets[s] + window_samples, side="right")) - 1
+            cap = min(window_samples, max(least, window_samples >> max(0, grow - (len(starts) - 1))))
+            stop = int(np.searchsorted(unit_offsets, unit_offsets[s] + cap, side="right")) - 1
             starts.append(min(max(stop, s + 1), n_units))
         return np.asarray(starts, dtype=np.int64)
 
