@@ -26,12 +26,32 @@ import numpy as np
 import zarr
 
 import daskfeed
+from daskfeed.prefetch import usable_cores
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 from capped import run_capped  # noqa: E402  (beside this script, not a package)
 
 RAW = "raw: zarr, chunks in order, 1 thread"
+LIMIT = "limit: every chunk decoded with its zstd codec on every core, no loader"
+SEQ_R1 = "daskfeed as_sequence, shuffled, reads_per_chunk=1"
+DS_R1 = "daskfeed as_dataset, shuffled, reads_per_chunk=1"
+FIT_RAM = "model.fit on numpy in RAM, tiny model"
+FIT_SEQ = "model.fit through daskfeed as_sequence, reads_per_chunk=1"
+FIT_DS = "model.fit through daskfeed as_dataset, reads_per_chunk=1"
+#: What issue 12 asks of the committed full run: (what, measured key, comparison, bound).
+TARGETS = [
+    ("shuffled epoch through as_sequence (reads_per_chunk=1) / limit", "seq_over_limit", ">=", 0.85),
+    ("shuffled epoch through as_dataset (reads_per_chunk=1) / limit", "ds_over_limit", ">=", 0.85),
+    ("shuffled epoch through as_sequence / in-order 1-thread read", "seq_over_raw", ">=", 1.0),
+    ("shuffled epoch through as_dataset / in-order 1-thread read", "ds_over_raw", ">=", 1.0),
+    ("loader alone, taskset 2 cores / 1 core", "core_scaling", ">=", 1.7),
+    ("model.fit through as_sequence / fit on numpy in RAM", "fit_seq_over_ram", ">=", 1.0),
+    ("model.fit through as_dataset / fit on numpy in RAM", "fit_ds_over_ram", ">=", 1.0),
+    ("overlap: both / max(step only, loader only)", "overlap", "<=", 1.15),
+    ("remote (20 ms per request) / the same store local", "remote", ">=", 0.8),
+    ("first batch at the default budget (s)", "first_batch_s", "<=", 0.3),
+]
 
 
 @dataclass
@@ -149,6 +169,8 @@ def run_all(bench: Bench) -> None:
         return n
 
     bench.measure(RAW, raw, warmup=True)
+    print("1b. the limit: decoding on every core, no loader", flush=True)
+    bench.measure(LIMIT, limit_read(bench), warmup=True, note=f"{usable_cores()} threads")
 
     print("2-5. hand-written loaders and xbatcher", flush=True)
     import keras
@@ -260,18 +282,18 @@ def run_all(bench: Bench) -> None:
     print("8. model.fit end to end", flush=True)
     epochs = 2
     seconds = [fit_rate(tiny_model(), x_np, epochs, y=y_np, batch_size=bs, shuffle=True) for _ in range(args.repeats)]
-    bench.rows.append(_row("model.fit on numpy in RAM, tiny model", n, seconds, bench))
+    bench.rows.append(_row(FIT_RAM, n, seconds, bench))
     seq = daskfeed.as_sequence(
         arrays["x"], arrays["y"], batch_size=bs, memory_budget=args.memory_budget, reads_per_chunk=1, seed=0
     )
     seconds = [fit_rate(tiny_model(), seq, epochs, shuffle=False) for _ in range(args.repeats)]
-    bench.rows.append(_row("model.fit through daskfeed as_sequence, reads_per_chunk=1", n, seconds, bench))
+    bench.rows.append(_row(FIT_SEQ, n, seconds, bench))
     seq.close()
     loader = daskfeed.Loader(
         arrays["x"], arrays["y"], batch_size=bs, memory_budget=args.memory_budget, reads_per_chunk=1, seed=0
     )
     seconds = [fit_rate(tiny_model(), dataset_from_loader(loader), epochs) for _ in range(args.repeats)]
-    bench.rows.append(_row("model.fit through daskfeed as_dataset, reads_per_chunk=1", n, seconds, bench))
+    bench.rows.append(_row(FIT_DS, n, seconds, bench))
     loader.close()
     for row in bench.rows[-3:]:
         print(f"  {row.name}: {row.samples_per_s:,.0f} samples/s", flush=True)
@@ -281,6 +303,129 @@ def run_all(bench: Bench) -> None:
     print("9. overlap with a training step", flush=True)
     bench.extra["overlap"] = overlap(bench)
     print(f"  {bench.extra['overlap']}", flush=True)
+    print("10. a store 20 ms away", flush=True)
+    bench.extra["remote"] = remote(bench)
+    print(f"  {bench.extra['remote']}", flush=True)
+    print("11. first batch", flush=True)
+    bench.extra["first_batch"] = first_batch(bench)
+    print(f"  {bench.extra['first_batch']}", flush=True)
+
+
+def limit_read(bench: Bench):
+    """Every chunk of x and y read from its file and zstd-decoded (numcodecs, the codec the store was written
+    with) straight into one preallocated array per array, on one thread per usable core: what decoding alone
+    can do on this machine."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import numcodecs
+
+    arrays = [bench.zx, bench.zy]
+    for z in arrays:
+        names = [type(c).__name__ for c in z.metadata.codecs]
+        assert names == ["BytesCodec", "ZstdCodec"], f"the limit reads zstd chunks; {z.path} has {names}"
+    outs = [np.empty(z.shape, z.dtype) for z in arrays]
+    root = Path(bench.args.store)
+    jobs = [
+        (z, out, i, root / z.path / z.metadata.encode_chunk_key((i,) + (0,) * (z.ndim - 1)))
+        for z, out in zip(arrays, outs)
+        for i in range(-(-z.shape[0] // z.chunks[0]))
+    ]
+    codec = numcodecs.Zstd()
+
+    def one(job) -> None:
+        z, out, i, path = job
+        step = z.chunks[0]
+        raw = path.read_bytes()
+        if (i + 1) * step <= z.shape[0]:
+            codec.decode(raw, out=out[i * step : (i + 1) * step])
+        else:  # the last chunk is stored whole
+            full = np.frombuffer(codec.decode(raw), z.dtype).reshape(z.chunks)
+            out[i * step :] = full[: z.shape[0] - i * step]
+
+    def run() -> int:
+        with ThreadPoolExecutor(usable_cores()) as pool:
+            list(pool.map(one, jobs))
+        return bench.n
+
+    return run
+
+
+class LatencyStore(zarr.storage.WrapperStore):
+    """A local store whose every chunk request first waits ``delay`` seconds, as a remote object store does."""
+
+    def __init__(self, store, delay: float = 0.02):
+        super().__init__(store)
+        self.delay = delay
+
+    def _with_store(self, store):
+        return type(self)(store, self.delay)
+
+    async def get(self, key, prototype, byte_range=None):
+        import asyncio
+
+        if "/c/" in key:
+            await asyncio.sleep(self.delay)
+        return await self._store.get(key, prototype, byte_range)
+
+
+def later_epoch_rate(arrays: dict, bench: Bench, repeats: int) -> float:
+    """Samples/s of the loader alone (reads_per_chunk=1) over epochs after a first, warm one; median."""
+    rates = []
+    with daskfeed.Loader(
+        arrays["x"], arrays["y"], batch_size=bench.batch, memory_budget=bench.args.memory_budget, reads_per_chunk=1
+    ) as loader:
+        for _ in loader:
+            pass
+        for _ in range(repeats):
+            started = time.perf_counter()
+            samples = sum(len(b[1]) for b in loader)
+            rates.append(samples / (time.perf_counter() - started))
+    return statistics.median(rates)
+
+
+def remote(bench: Bench) -> dict:
+    """The same store read locally and through a store that waits 20 ms per chunk request."""
+    local = later_epoch_rate(bench.arrays, bench, bench.args.repeats)
+    store = LatencyStore(zarr.storage.LocalStore(bench.args.store, read_only=True), 0.02)
+    slow = daskfeed.open_zarr(zarr.open_group(store, mode="r"))
+    delayed = later_epoch_rate(slow, bench, bench.args.repeats)
+    return {"delay_ms": 20, "local_samples_per_s": local, "remote_samples_per_s": delayed, "ratio": delayed / local}
+
+
+def first_batch(bench: Bench) -> dict:
+    """Seconds from ``as_sequence(...)`` at its defaults to its first batch, for fresh loaders; median."""
+    runs = []
+    for _ in range(max(3, bench.args.repeats)):
+        started = time.perf_counter()
+        seq = daskfeed.as_sequence(bench.arrays["x"], bench.arrays["y"], batch_size=bench.batch, seed=0)
+        seq[0]
+        runs.append(time.perf_counter() - started)
+        seq.close()
+    return {"seconds": statistics.median(runs), "runs": runs}
+
+
+def scaling(args: argparse.Namespace) -> dict:
+    """The loader alone in fresh processes pinned to 1 core and to 2 (``taskset``)."""
+    import shutil
+
+    cores = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
+    if shutil.which("taskset") is None or len(cores) < 2:
+        return {"ran": False, "why_not": "needs taskset and 2 usable cores"}
+    out = {"ran": True}
+    for label, pin in (("one", str(cores[0])), ("two", f"{cores[0]},{cores[1]}")):
+        command = ["taskset", "-c", pin, sys.executable, __file__, "--child-rate", "--store", args.store]
+        command += ["--memory-budget", args.memory_budget, "--repeats", str(args.repeats)]
+        result = subprocess.run(command, capture_output=True, text=True)
+        if result.returncode != 0:
+            return {"ran": False, "why_not": f"exit {result.returncode}: {result.stderr[-400:]}"}
+        out[label] = json.loads(result.stdout.strip().splitlines()[-1])["samples_per_s"]
+    out["ratio"] = out["two"] / out["one"]
+    return out
+
+
+def child_rate(args: argparse.Namespace) -> None:
+    bench = Bench(args)
+    print(json.dumps({"samples_per_s": later_epoch_rate(bench.arrays, bench, args.repeats)}))
 
 
 def _row(name: str, n: int, seconds: list[float], bench: Bench) -> Row:
@@ -431,10 +576,35 @@ def machine() -> dict:
     }
 
 
+def targets(bench: Bench) -> list[dict]:
+    """Each of :data:`TARGETS` with its measured figure and whether it is met (None: not measured)."""
+    rate = {r.name: r.samples_per_s for r in bench.rows}
+    extra = bench.extra
+    measured = {
+        "seq_over_limit": rate[SEQ_R1] / rate[LIMIT],
+        "ds_over_limit": rate[DS_R1] / rate[LIMIT],
+        "seq_over_raw": rate[SEQ_R1] / rate[RAW],
+        "ds_over_raw": rate[DS_R1] / rate[RAW],
+        "core_scaling": extra.get("scaling", {}).get("ratio"),
+        "fit_seq_over_ram": rate[FIT_SEQ] / rate[FIT_RAM],
+        "fit_ds_over_ram": rate[FIT_DS] / rate[FIT_RAM],
+        "overlap": extra.get("overlap", {}).get("ratio_to_max"),
+        "remote": extra.get("remote", {}).get("ratio"),
+        "first_batch_s": extra.get("first_batch", {}).get("seconds"),
+    }
+    out = []
+    for what, key, op, bound in TARGETS:
+        value = measured[key]
+        met = None if value is None else (value >= bound if op == ">=" else value <= bound)
+        out.append({"target": what, "key": key, "measured": value, "bound": f"{op} {bound}", "met": met})
+    return out
+
+
 def write(bench: Bench, out: Path, tag: str) -> dict:
     raw = next(r for r in bench.rows if r.name == RAW).samples_per_s
     for row in bench.rows:
         row.ratio = row.samples_per_s / raw
+    bench.extra["targets"] = targets(bench)
     report = {
         "machine": machine(),
         "store": {
@@ -469,6 +639,25 @@ def write(bench: Bench, out: Path, tag: str) -> dict:
             f"{o['loader_only_s']:.2f} s, step alone {o['step_only_s']:.2f} s, both {o['both_s']:.2f} s: "
             f"**{o['ratio_to_max']:.2f}x** max(step, loader).",
         ]
+    lines += ["", "Targets (issue 12), from this run:", "", "| target | measured | bound | met |"]
+    lines.append("|---|---:|---:|---|")
+    for t in bench.extra["targets"]:
+        value = "not measured" if t["measured"] is None else f"{t['measured']:.2f}"
+        met = "-" if t["met"] is None else ("yes" if t["met"] else "**no**")
+        lines.append(f"| {t['target']} | {value} | {t['bound']} | {met} |")
+    r, sc = bench.extra["remote"], bench.extra["scaling"]
+    lines += [
+        "",
+        f"Remote: {r['remote_samples_per_s']:,.0f} samples/s with {r['delay_ms']} ms per chunk request, "
+        f"{r['local_samples_per_s']:,.0f} samples/s locally. First batch: "
+        + ", ".join(f"{s:.2f}" for s in bench.extra["first_batch"]["runs"])
+        + " s. Core scaling: "
+        + (
+            f"{sc['one']:,.0f} samples/s on 1 core, {sc['two']:,.0f} on 2."
+            if sc.get("ran")
+            else f"not measured ({sc['why_not']})."
+        ),
+    ]
     if "memory" in bench.extra:
         m = bench.extra["memory"]
         if m.get("ran"):
@@ -528,9 +717,13 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--out", default=str(HERE / "results"))
     parser.add_argument("--quick", action="store_true", help="smoke size: 20,000 samples, one repeat")
     parser.add_argument("--child-epoch", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--child-rate", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child_epoch:
         child_epoch(args)
+        return {}
+    if args.child_rate:
+        child_rate(args)
         return {}
     tag = "full"
     if args.quick:
@@ -538,7 +731,10 @@ def main(argv: list[str] | None = None) -> dict:
     make_store(args.store, args.samples, args.chunk)
     bench = Bench(args)
     run_all(bench)
-    print("10. memory", flush=True)
+    print("12. core scaling", flush=True)
+    bench.extra["scaling"] = scaling(args)
+    print(f"  {bench.extra['scaling']}", flush=True)
+    print("13. memory", flush=True)
     bench.extra["memory"] = memory(args)
     return write(bench, Path(args.out), tag)
 

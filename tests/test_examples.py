@@ -51,11 +51,14 @@ def test_benchmark_suite_quick(tmp_path, capsys):
     run = load("benchmarks/run.py")
     report = run.main(["--quick", "--store", str(tmp_path / "bench.zarr"), "--out", str(tmp_path / "results")])
     names = [row["name"] for row in report["rows"]]
-    assert run.RAW in names and len(names) == 13
+    assert run.RAW in names and run.LIMIT in names and len(names) == 14
     assert all(row["samples_per_s"] > 0 for row in report["rows"])
     assert report["overlap"]["ratio_to_max"] > 0.5  # both can never beat max(step, loader) by much
     assert report["memory"]["ran"] and report["memory"]["peak_window_mb"] <= report["memory"]["budget_mb"]
     assert "too small to cap" in report["memory"]["larger_than_memory"]["why_not"]
+    assert report["remote"]["ratio"] > 0 and report["first_batch"]["seconds"] > 0
+    assert report["scaling"]["ratio"] > 0 or not report["scaling"]["ran"]
+    assert [t["key"] for t in report["targets"]] == [key for _, key, _, _ in run.TARGETS]
     for suffix in ("md", "json", "png"):
         assert (tmp_path / "results" / f"quick.{suffix}").stat().st_size > 0
     assert "| way of reading | samples/s |" in capsys.readouterr().out
