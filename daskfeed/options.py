@@ -151,8 +151,8 @@ class LoaderOptions:
         the ``count`` shards partition each epoch.
     missing_chunks : {"warn", "error", "fill"}, default "warn"
         What to do about chunk files missing from a zarr store, which zarr serves as the fill value (zeros).
-        The loader lists the store of each zarr array daskfeed opened (``open_zarr``, or a ``zarr.Array``
-        passed as is; not a dask array built on one) once when it is made, no chunk read. ``"warn"`` warns
+        The loader lists the store of each zarr array it reads as such (``open_zarr``, a ``zarr.Array``
+        passed as is, or ``da.from_zarr(z)`` with nothing on top) once when it is made, no chunk read. ``"warn"`` warns
         once, naming the arrays, chunks and samples; ``"error"`` raises :class:`daskfeed.StoreError`;
         ``"fill"`` does not look. Arrays ``daskfeed ingest`` marked ``every_chunk`` have every chunk, so there
         a missing chunk is an error unless ``"fill"``. HTTP stores cannot be listed: ``"warn"`` skips them,
