@@ -144,6 +144,7 @@ class ChunkTarget(NamedTuple):
     puts: list[tuple[slice | np.ndarray, int]]
     block: int  # the read's block (dask chunk) number, for messages
     samples: tuple[int, int]  # the block's samples, for messages
+    scatter: np.ndarray | None = None  # where each row goes, as ``ReadJob.scatter``
 
 
 def _place(target: ChunkTarget, chunk: np.ndarray | None) -> None:
@@ -157,7 +158,7 @@ def _place(target: ChunkTarget, chunk: np.ndarray | None) -> None:
         outer.append(slice(lo, hi))
     for rows, at in target.puts:
         count = rows.stop - rows.start if isinstance(rows, slice) else len(rows)
-        into = (slice(at, at + count), *outer)
+        into = (slice(at, at + count) if target.scatter is None else target.scatter[at : at + count], *outer)
         if chunk is None:
             target.buffer[into] = codec.fill
         else:

@@ -195,6 +195,14 @@ class Interrupts:
                 cls._changed.notify_all()
 
     @classmethod
+    def serving(cls) -> None:
+        """Marks a batch served without a wait; one served off the main thread matters at exit, as for
+        :meth:`waiting`."""
+        if not cls._off_main and threading.current_thread() is not threading.main_thread():
+            with cls._lock:
+                cls._off_main = True
+
+    @classmethod
     def check(cls, presses: int) -> None:
         """Raise if the wait that began when the Ctrl-C count was ``presses`` must stop: Ctrl-C or exit."""
         if cls._exiting:

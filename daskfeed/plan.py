@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import bisect
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -120,6 +121,7 @@ class EpochPlan:
             unit_offsets, self.n_samples if self.resident else config.window_samples, grow, least
         )
         self.window_offsets = unit_offsets[self.window_units]
+        self._offsets = self.window_offsets.tolist()
         self.unit_offsets = unit_offsets
         bs = config.batch_size
         self.n_batches = self.n_samples // bs if config.drop_remainder else -(-self.n_samples // bs)
@@ -182,9 +184,8 @@ class EpochPlan:
 
     def windows_of(self, start: int, stop: int) -> range:
         """The windows that positions ``[start, stop)`` fall in."""
-        first = int(np.searchsorted(self.window_offsets, start, side="right")) - 1
-        last = int(np.searchsorted(self.window_offsets, stop - 1, side="right")) - 1
-        return range(first, last + 1)
+        offsets = self._offsets  # bisect on a list: this runs once per batch, and numpy's call costs more
+        return range(bisect.bisect_right(offsets, start) - 1, bisect.bisect_right(offsets, stop - 1))
 
     def batches_of(self, window: int) -> range:
         """The batches that take at least one sample of ``window`` (empty if all of it is dropped)."""

@@ -259,6 +259,9 @@ class ReadJob:
     source: BlockSource
     buffer: np.ndarray
     units: list[UnitRead]
+    #: Where each row goes: row ``at`` of the units' stream lands in ``buffer[scatter[at]]`` (a window written
+    #: in its serving order, so that batches are cut as slices); None for ``buffer[at]``.
+    scatter: np.ndarray | None = None
 
     @functools.cached_property
     def blocks(self) -> dict[int, list[BlockPart]]:
@@ -275,15 +278,24 @@ def _select(block: np.ndarray, *, parts: list[BlockPart], shift: int = 0) -> lis
     return [block[p.lo - shift : p.hi - shift] if p.rows is None else block[p.rows - shift] for p in parts]
 
 
-def _put(buffer: np.ndarray, parts: list[BlockPart], data: np.ndarray, shift: int = 0) -> None:
+def rows_at(scatter: np.ndarray | None, at: int, count: int) -> slice | np.ndarray:
+    """The buffer rows that ``count`` rows from stream position ``at`` go to (see :attr:`ReadJob.scatter`)."""
+    return slice(at, at + count) if scatter is None else scatter[at : at + count]
+
+
+def _put(
+    buffer: np.ndarray, parts: list[BlockPart], data: np.ndarray, shift: int = 0, scatter: np.ndarray | None = None
+) -> None:
     """Copy each part's rows of ``data`` (block rows from ``shift`` on) into place."""
     for p, rows in zip(parts, _select(data, parts=parts, shift=shift)):
-        buffer[p.at : p.at + len(rows)] = rows
+        buffer[rows_at(scatter, p.at, len(rows))] = rows
 
 
-def _read_zarr(array: Any, offset: int, parts: list[BlockPart], buffer: np.ndarray) -> None:
+def _read_zarr(
+    array: Any, offset: int, parts: list[BlockPart], buffer: np.ndarray, scatter: np.ndarray | None = None
+) -> None:
     """Decode what ``parts`` need of one zarr chunk, straight into the buffer when the rows are contiguous."""
-    if len(parts) == 1 and parts[0].rows is None:
+    if len(parts) == 1 and parts[0].rows is None and scatter is None:
         from zarr.core.buffer import default_buffer_prototype
 
         p = parts[0]
@@ -291,7 +303,7 @@ def _read_zarr(array: Any, offset: int, parts: list[BlockPart], buffer: np.ndarr
         array.get_basic_selection(slice(offset + p.lo, offset + p.hi), out=out)
         return
     lo, hi = min(p.lo for p in parts), max(p.hi for p in parts)
-    _put(buffer, parts, array[offset + lo : offset + hi], lo)
+    _put(buffer, parts, array[offset + lo : offset + hi], lo, scatter)
 
 
 def _read_zarr_run(array: Any, start: int, stop: int, at: int, buffer: np.ndarray) -> None:
@@ -358,7 +370,9 @@ def _chunk_targets(job: ReadJob) -> list[ChunkTarget]:
                 block_of.setdefault(c, b)
     across = [range(-(-s // c)) for s, c in zip(codec.shape[1:], codec.chunk_shape[1:])]
     return [
-        ChunkTarget(job.name, codec, (c, *rest), job.buffer, puts[c], block_of[c], source.block_range(block_of[c]))
+        ChunkTarget(
+            job.name, codec, (c, *rest), job.buffer, puts[c], block_of[c], source.block_range(block_of[c]), job.scatter
+        )
         for c in sorted(puts)
         for rest in itertools.product(*across)
     ]
@@ -372,8 +386,8 @@ def usable_cores() -> int:
         return os.cpu_count() or 1
 
 
-def _write(buffer: np.ndarray, parts: list[BlockPart], block: np.ndarray) -> None:
-    _put(buffer, parts, block)
+def _write(buffer: np.ndarray, parts: list[BlockPart], scatter: np.ndarray | None, block: np.ndarray) -> None:
+    _put(buffer, parts, block, scatter=scatter)
 
 
 def _block_task(source: BlockSource, block: int) -> tuple[dict, Any]:
@@ -395,9 +409,11 @@ def _graph(jobs: list[ReadJob], local: bool) -> tuple[dict, list, list]:
     for j, job in enumerate(jobs):
         source, blocks = job.source, job.blocks
         if local and source.zarr is not None:  # zarr decodes straight into the buffer, without dask's graph
-            for run in _zarr_runs(source, blocks):
+            for run in _zarr_runs(source, blocks) if job.scatter is None else list(blocks):
                 if isinstance(run, int):
-                    read = functools.partial(_read_zarr, source.zarr, int(source.bounds[run]), blocks[run], job.buffer)
+                    read = functools.partial(
+                        _read_zarr, source.zarr, int(source.bounds[run]), blocks[run], job.buffer, job.scatter
+                    )
                     graph[(token, j, "block", run)] = (read,)
                 else:
                     graph[(token, j, "run", run[0])] = (
@@ -407,9 +423,12 @@ def _graph(jobs: list[ReadJob], local: bool) -> tuple[dict, list, list]:
         for b, parts in blocks.items():
             sub, task = _block_task(source, b)
             graph.update(sub)
-            write = functools.partial(_write, job.buffer, parts) if local else functools.partial(_select, parts=parts)
+            if local:
+                write = functools.partial(_write, job.buffer, parts, job.scatter)
+            else:
+                write = functools.partial(_select, parts=parts)
             graph[(token, j, "block", b)] = (write, task)
-            places.append((job.buffer, parts))
+            places.append((job.buffer, parts, job.scatter))
     outs = [key for key in graph if isinstance(key, tuple) and key[0] == token]
     return graph, outs, places
 
@@ -470,9 +489,9 @@ def _gather_remote(graph: dict, outs: list, places: list, scheduler: Scheduler) 
     """Compute blocks in other processes and copy each part into place as it arrives."""
 
     def place(i: int, values: list[np.ndarray]) -> None:
-        buffer, parts = places[i]
+        buffer, parts, scatter = places[i]
         for p, value in zip(parts, values):
-            buffer[p.at : p.at + len(value)] = value
+            buffer[rows_at(scatter, p.at, len(value))] = value
 
     if scheduler.client is None:
         for i, values in enumerate(scheduler.get(graph, outs)):

@@ -133,16 +133,20 @@ class WindowMaker:
                 arrays[i], takes[i] = self._memory[i], rows
             storage = []
         elif self._windowed:
-            storage, buffers, read = self._read_window(plan, window, storage)
+            # Rows are written in serving order (scattered by the reading threads, on every core), so batches
+            # are cut as slices and the thread that serves them copies contiguous memory.
+            storage, buffers, read = self._read_window(plan, window, storage, order)
             decoded += read
-            take = slice(0, plan.window_size(window)) if order is None else order
-            owned += [*storage, take]
+            take = slice(0, plan.window_size(window))
+            owned += storage
             for i, buffer in zip(self._windowed, buffers):
                 arrays[i], takes[i] = buffer, take
         nbytes = sum(a.nbytes for a in {id(a): a for a in owned if isinstance(a, np.ndarray)}.values())
         return Window(window, storage or [], arrays, takes, nbytes, decoded, time.perf_counter() - started)
 
-    def _read_window(self, plan: EpochPlan, window: int, storage: list[np.ndarray] | None):
+    def _read_window(
+        self, plan: EpochPlan, window: int, storage: list[np.ndarray] | None, order: np.ndarray | None
+    ) -> tuple[list[np.ndarray], list[np.ndarray], int]:
         size = plan.window_size(window)
         leaves = [self.inputs.leaves[i] for i in self._windowed]
         if storage is None or storage_rows(storage) < size:
@@ -154,8 +158,12 @@ class WindowMaker:
             for u in plan.units(window)
             for c in (plan.unit_chunk[u],)
         ]
+        scatter = None
+        if order is not None:  # stream row order[k] is served k-th: it goes to buffer row k
+            scatter = np.empty(size, np.intp)
+            scatter[order] = np.arange(size, dtype=np.intp)
         jobs = [
-            ReadJob(leaf.name, self._source(i), buffer, units)
+            ReadJob(leaf.name, self._source(i), buffer, units, scatter)
             for i, leaf, buffer in zip(self._windowed, leaves, buffers)
         ]
         return storage, buffers, read_blocks(jobs, self.scheduler)
