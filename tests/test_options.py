@@ -26,6 +26,8 @@ from daskfeed.options import KNOBS, parse_loader_options
         (dict(seed=2**63), daskfeed.InputError, "seed must be < 2\\*\\*63"),
         (dict(scheduler="nonsense"), daskfeed.InputError, "scheduler must be None, one of 'threads'"),
         (dict(shuffle=False, reads_per_chunk=2), daskfeed.InputError, "shuffle=False serves samples in storage"),
+        (dict(concurrency=0), daskfeed.InputError, "concurrency must be >= 1, got 0"),
+        (dict(concurrency="32"), daskfeed.InputTypeError, "concurrency must be an int >= 1, got '32'"),
     ],
 )
 def test_bad_knobs_are_named_once_for_every_door(kwargs, error, match):
