@@ -1,8 +1,4 @@
-"""Chunks decoded on daskfeed's threads: the same values as zarr's own reads, many requests in flight, errors.
-
-Named to run last: run before the tf.data tests in one process (after the cluster and example tests), something
-these tests leave behind made the error hand-over and Ctrl-C tests in test_frontends fail; not yet found.
-"""
+"""Chunks decoded on daskfeed's threads: the same values as zarr's own reads, many requests in flight, errors."""
 
 from __future__ import annotations
 
