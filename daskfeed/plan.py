@@ -13,7 +13,7 @@ __all__ = ["EpochPlan", "PlanConfig", "shard_chunks"]
 
 #: The first windows of epoch 0 hold 1/16, 1/8, 1/4 and 1/2 of a full window (at least one read unit each), so
 #: the first batch waits for a small read, not a whole window; the windows being served hide the larger reads.
-GROW_WINDOWS = 0
+GROW_WINDOWS = 4
 
 # Keys that keep the random streams of the plan independent of one another.
 _SHARD, _ORDER, _ROWS, _WINDOW = 0, 1, 2, 3

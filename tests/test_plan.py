@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from daskfeed.errors import InputError
-from daskfeed.plan import EpochPlan, PlanConfig
+from daskfeed.plan import GROW_WINDOWS, EpochPlan, PlanConfig
 
 
 @st.composite
@@ -192,3 +192,19 @@ def test_resident_plans_shuffle_the_whole_shard_every_epoch():
     assert not np.array_equal(first, second)
     # A full shuffle: the first 100 served samples come from nearly every chunk.
     assert len(np.unique(first[:100] // 100)) >= 9 and len(np.unique(second[:100] // 100)) >= 9
+
+
+@pytest.mark.parametrize("reads", [1, 3])
+def test_epoch_0_starts_with_small_windows_that_grow_to_the_full_size(reads):
+    bounds = np.arange(0, 100 * 64 + 1, 64)  # 100 chunks of 64 samples
+    config = PlanConfig(chunk_bounds=bounds, batch_size=10, seed=1, reads_per_chunk=reads, window_samples=3200)
+    first, later = EpochPlan(config, 0), EpochPlan(config, 1)
+    sizes = [first.window_size(w) for w in range(first.n_windows)]
+    least = int(first.unit_size.max()) + 10
+    for k in range(GROW_WINDOWS):  # 1/16, 1/8, 1/4, 1/2 of a full window, never less than a unit and a batch
+        cap = max(least, 3200 >> (GROW_WINDOWS - k))
+        assert cap - int(first.unit_size.max()) < sizes[k] <= cap
+    assert sizes[0] < sizes[1] < sizes[2] < sizes[3] < sizes[4]
+    assert all(3200 - 64 < s <= 3200 for s in sizes[GROW_WINDOWS:-1])
+    assert all(3200 - 64 < later.window_size(w) <= 3200 for w in range(later.n_windows - 1))  # epoch 1: full
+    np.testing.assert_array_equal(np.sort(epoch_samples(first)), np.arange(6400))
