@@ -122,6 +122,10 @@ class WindowCache:
     def acquire(self, plan: EpochPlan, window: int) -> _Entry:
         """Pin a window, starting it if missing; wait for a free slot when all are taken (as :meth:`wait`)."""
         key = (plan.epoch, window)
+        with self.cond:  # the common case, once per batch: the window is there
+            entry = self.entries.get(key)
+            if entry is not None:
+                return self._pin(entry, plan, window)
         presses = Interrupts.count()
         with Interrupts.waiting(), self.cond:
             while key not in self.entries:
@@ -136,14 +140,16 @@ class WindowCache:
                     break
                 self.cond.wait(WAIT_SLICE_S)
                 Interrupts.check(presses)
-            entry = self.entries[key]
-            if not entry.future.done():
-                self.stats.stalls += 1
-            entry.pins += 1
-            self.tick += 1
-            entry.last_use = self.tick
-            self.order.reached(plan.epoch, window)
-            self._prefetch(plan, window)
+            return self._pin(self.entries[key], plan, window)
+
+    def _pin(self, entry: _Entry, plan: EpochPlan, window: int) -> _Entry:
+        if not entry.future.done():
+            self.stats.stalls += 1
+        entry.pins += 1
+        self.tick += 1
+        entry.last_use = self.tick
+        self.order.reached(plan.epoch, window)
+        self._prefetch(plan, window)
         return entry
 
     def wait(self, entry: _Entry) -> Window:
@@ -152,6 +158,9 @@ class WindowCache:
         Waits in short slices, so that :meth:`close` from another thread, Ctrl-C or Python's exit ends the wait
         at once.
         """
+        if entry.future.done():  # no wait: nothing to time or interrupt
+            Interrupts.serving()
+            return entry.future.result()
         began = time.perf_counter()
         presses = Interrupts.count()
         with Interrupts.waiting():

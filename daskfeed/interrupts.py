@@ -53,6 +53,8 @@ class Interrupts:
     _lock = threading.Lock()
     _reader: socket.socket | None = None
     _seen = 0  # Ctrl-C presses read off the socket so far
+    _handled = 0  # Ctrl-C presses whose handler has run in the main thread (when the handler is daskfeed's)
+    _ours = False  # whether daskfeed's handler is installed
     _deferred = 0  # presses whose KeyboardInterrupt waits until TensorFlow's error is out of its C++ code
     _changed = threading.Condition(_lock)
     _waiting = 0  # threads inside :meth:`waiting`
@@ -87,6 +89,7 @@ class Interrupts:
             cls._reader, cls._writer = reader, writer
             if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
                 signal.signal(signal.SIGINT, cls._on_sigint)
+                cls._ours = True
 
     @classmethod
     def _on_sigint(cls, signum: int, frame: object) -> None:
@@ -98,6 +101,7 @@ class Interrupts:
         a tf.data thread handed over (:meth:`hand_to_main`) to the main thread, in place of TensorFlow's copy."""
         with cls._lock:
             handed, cls._handed = cls._handed, None
+            cls._handled += handed is None
             deferred = handed is None and cls._deferred > 0
             if deferred:
                 cls._deferred -= 1
@@ -195,11 +199,22 @@ class Interrupts:
                 cls._changed.notify_all()
 
     @classmethod
+    def serving(cls) -> None:
+        """Marks a batch served without a wait; one served off the main thread matters at exit, as for
+        :meth:`waiting`."""
+        if not cls._off_main and threading.current_thread() is not threading.main_thread():
+            with cls._lock:
+                cls._off_main = True
+
+    @classmethod
     def check(cls, presses: int) -> None:
         """Raise if the wait that began when the Ctrl-C count was ``presses`` must stop: Ctrl-C or exit."""
         if cls._exiting:
             raise DaskfeedError("Python is exiting while a batch was being read")
-        if cls.count() != presses:  # Ctrl-C while TensorFlow holds the main thread
+        seen = cls.count()
+        # Ctrl-C while TensorFlow holds the main thread: one pressed during this wait, or (with daskfeed's handler)
+        # one pressed before it that the main thread has not handled yet, which it cannot until this wait ends.
+        if seen != presses or (cls._ours and seen > cls._handled):
             raise cls.fail_wait()
 
     @classmethod

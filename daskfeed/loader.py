@@ -69,8 +69,10 @@ class Loader:
     [[0, 2, 4, 6], [8, 10, 12, 14], [16, 18]]
     """
 
-    #: Batches that iterating over a loader assembles ahead of the caller (outside the memory budget).
-    BATCHES_AHEAD = 4
+    #: Batches that iterating over a loader assembles ahead of the caller (outside the memory budget), cut
+    #: :attr:`BATCHES_PER_RUN` at a time (one copy per run, and a quarter of the hand-overs between threads).
+    BATCHES_AHEAD = 8
+    BATCHES_PER_RUN = 4
 
     def __init__(
         self, x: Any, y: Any = None, sample_weight: Any = None, *, options: LoaderOptions | None = None, **knobs: Any
@@ -221,16 +223,27 @@ class Loader:
 
         A thread of its own (``daskfeed-batches-N``) assembles up to :attr:`BATCHES_AHEAD` batches ahead, so
         cutting batches overlaps the caller's training step; it ends with the loop, or when the loop is left.
+        Batches cut in one run are views of one array each (never of the loader's windows).
         A loop left early keeps its place: the next loop goes on from the batch after the last one it served
         (:meth:`state` and :meth:`restore` carry that place across processes).
         """
         epoch, first = self._epoch, self._next_batch
+        plan, per = self.plan(epoch), self.BATCHES_PER_RUN
+
+        def run(i: int) -> list[Any]:
+            lo = first + i * per
+            hi = min(lo + per, self._n_batches)
+            arrays, base = self._fill(plan, lo, hi), plan.batch_span(lo)[0]
+            spans = [plan.batch_span(b) for b in range(lo, hi)]
+            return [self.inputs.pack([a[start - base : stop - base] for a in arrays]) for start, stop in spans]
+
         try:
-            for batch in _ahead(lambda i: self.batch(first + i, epoch), self._n_batches - first, self.BATCHES_AHEAD):
-                if self._closed:  # batches made ahead are not served once the loader is closed
-                    raise DaskfeedError("this loader was closed while it was being iterated")
-                self._next_batch += 1
-                yield batch
+            for batches in _ahead(run, -(-(self._n_batches - first) // per), self.BATCHES_AHEAD // per):
+                for batch in batches:
+                    if self._closed:  # batches made ahead are not served once the loader is closed
+                        raise DaskfeedError("this loader was closed while it was being iterated")
+                    self._next_batch += 1
+                    yield batch
         finally:
             self._forget(epoch)
         self.set_epoch(epoch + 1)
