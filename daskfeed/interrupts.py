@@ -55,6 +55,7 @@ class Interrupts:
     _seen = 0  # Ctrl-C presses read off the socket so far
     _handled = 0  # Ctrl-C presses whose handler has run in the main thread (when the handler is daskfeed's)
     _ours = False  # whether daskfeed's handler is installed
+    _ignored = False  # whether the process ignored Ctrl-C (SIG_IGN) when daskfeed's handler replaced that
     _deferred = 0  # presses whose KeyboardInterrupt waits until TensorFlow's error is out of its C++ code
     _changed = threading.Condition(_lock)
     _waiting = 0  # threads inside :meth:`waiting`
@@ -87,7 +88,11 @@ class Interrupts:
                 writer.close()
                 return
             cls._reader, cls._writer = reader, writer
-            if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+            handler = signal.getsignal(signal.SIGINT)
+            # A process started with Ctrl-C ignored (``nohup ... &``, a batch system) keeps ignoring presses;
+            # daskfeed's handler is there only to carry a tf.data thread's error (:meth:`hand_to_main`).
+            if handler is signal.default_int_handler or handler == signal.SIG_IGN:
+                cls._ignored = handler == signal.SIG_IGN
                 signal.signal(signal.SIGINT, cls._on_sigint)
                 cls._ours = True
 
@@ -101,6 +106,8 @@ class Interrupts:
         a tf.data thread handed over (:meth:`hand_to_main`) to the main thread, in place of TensorFlow's copy."""
         with cls._lock:
             handed, cls._handed = cls._handed, None
+            if handed is None and cls._ignored:
+                return  # a Ctrl-C press, in a process that ignores them
             cls._handled += handed is None
             deferred = handed is None and cls._deferred > 0
             if deferred:
@@ -262,7 +269,8 @@ class Interrupts:
                     presses = data.count(bytes([signal.SIGINT]))
                     ours = min(presses, cls._sent)  # signals :meth:`hand_to_main` sent are not Ctrl-C
                     cls._sent -= ours
-                    cls._seen += presses - ours
+                    if not cls._ignored:
+                        cls._seen += presses - ours
             except (BlockingIOError, OSError):
                 pass
             return cls._seen

@@ -222,6 +222,46 @@ def test_a_read_error_reaches_fit_and_a_loop_as_chunk_read_error(blobs, door):
     assert join_daskfeed_threads() == []
 
 
+IGNORING_JOB = """
+import os, signal, sys
+signal.signal(signal.SIGINT, signal.SIG_IGN)  # as `nohup python job.py &` or a batch system starts it
+import numpy as np, keras, daskfeed
+import dask.array as da
+from daskfeed.interrupts import Interrupts
+
+def explode(block, block_info=None):
+    if block_info[0]["chunk-location"][0] == 3:
+        raise OSError("disk gone")
+    return block
+
+x = da.from_array(np.random.rand(2000, 3).astype("f4"), chunks=(100, 3)).map_blocks(explode, dtype="f4")
+y = da.from_array(np.zeros(2000, "f4"), chunks=100)
+data = getattr(daskfeed, sys.argv[1])(x, y, batch_size=50, seed=0, memory_budget="20KB", reads_per_chunk=1)
+model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(1)])
+model.compile("sgd", "mse")
+try:
+    model.fit(data, epochs=1, shuffle=False, verbose=0)
+except daskfeed.ChunkReadError as err:
+    print("caught", err.array, err.chunk, flush=True)
+os.kill(os.getpid(), signal.SIGINT)  # a Ctrl-C press is still ignored
+print("still here", Interrupts.count(), flush=True)
+"""
+
+
+@pytest.mark.parametrize("door", ["as_sequence", "as_dataset"])
+def test_a_process_that_ignores_ctrl_c_still_gets_chunk_read_error(tmp_path, door):
+    """The hand-over rides on SIGINT: a process started with SIGINT ignored gets daskfeed's error in fit all the
+    same, and a real press is still ignored (the process goes on; no wait counts it as Ctrl-C)."""
+    import subprocess
+    import sys
+
+    script = tmp_path / "job.py"
+    script.write_text(IGNORING_JOB)
+    done = subprocess.run([sys.executable, str(script), door], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.split("\n")[:2] == ["caught x 3", "still here 0"], done.stderr[-3000:]
+
+
 def test_keras_peek_then_epoch_is_in_order_even_with_tiny_windows(blobs):
     """Keras reads batches 0 and 1 for the spec, then the epoch; a window gone after the peek is no warning."""
     seq = daskfeed.as_sequence(blobs["x"], blobs["y"], batch_size=64, seed=0, memory_budget="25KB", reads_per_chunk=32)
@@ -338,7 +378,9 @@ def test_twenty_multiprocessing_fits_in_a_row_never_hang(xy_store, tmp_path):
 
 
 CTRL_C_JOB = """
-import sys, time, numpy as np, keras, daskfeed
+import signal, sys, time
+signal.signal(signal.SIGINT, signal.default_int_handler)  # as started from a terminal, even if pytest was not
+import numpy as np, keras, daskfeed
 import dask.array as da
 
 def stuck(block, block_info=None):
