@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from daskfeed import heap
 from daskfeed.cache import CacheStats, WindowCache
 from daskfeed.errors import DaskfeedError, InputError, InputTypeError, LayoutWarning, warn
 from daskfeed.inputs import Inputs, normalize_inputs, rewrite_hint, zarr_behind
@@ -78,6 +79,7 @@ class Loader:
         self, x: Any, y: Any = None, sample_weight: Any = None, *, options: LoaderOptions | None = None, **knobs: Any
     ):
         self.options = parse_loader_options(options, **knobs)
+        heap.threshold()  # DASKFEED_MMAP_THRESHOLD: a bad value fails here, not in a reading thread
         self.inputs: Inputs = normalize_inputs(x, y, sample_weight)
         mixed = self.inputs.written_shuffled()
         self.layout: Layout = choose_layout(self.inputs.leaves, self.inputs.n_samples, self.options, mixed=mixed)

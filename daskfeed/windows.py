@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 
+from daskfeed import heap
 from daskfeed.inputs import Inputs
 from daskfeed.layout import Layout
 from daskfeed.plan import EpochPlan
@@ -147,6 +148,7 @@ class WindowMaker:
     def _read_window(
         self, plan: EpochPlan, window: int, storage: list[np.ndarray] | None, order: np.ndarray | None
     ) -> tuple[list[np.ndarray], list[np.ndarray], int]:
+        heap.keep_buffers_in_heap()  # chunk buffers reused, not a fresh mmap each (see daskfeed.heap)
         size = plan.window_size(window)
         leaves = [self.inputs.leaves[i] for i in self._windowed]
         if storage is None or storage_rows(storage) < size:
