@@ -101,7 +101,7 @@ def test_zero_leaves_the_threshold_as_tensorflow_set_it(tmp_path, store):
 @pytest.mark.parametrize("value", ["lots", "-1", str(64 * 2**20)])
 def test_a_bad_threshold_is_named_where_the_loader_is_made(value, monkeypatch):
     monkeypatch.setenv(heap.ENV, value)
-    with pytest.raises(ValueError, match=rf"environment variable DASKFEED_MMAP_THRESHOLD .* got '{value}'"):
+    with pytest.raises(daskfeed.InputError, match=rf"environment variable DASKFEED_MMAP_THRESHOLD .* got '{value}'"):
         daskfeed.Loader(np.zeros((10, 2)), batch_size=2)
 
 
