@@ -14,7 +14,8 @@ that, as the rule does) each time it reads a window or serves a batch while Tens
 Buffers under 32 MiB are then reused from the heap, as in any process without TensorFlow; windows, larger,
 stay ``mmap``-ed and go back to the system when dropped. The environment variable ``DASKFEED_MMAP_THRESHOLD``
 sets another value in bytes (at most 32 MiB, the most ``mallopt`` takes), or ``0`` to leave glibc as it
-is; so does setting glibc's own ``MALLOC_MMAP_THRESHOLD_`` (or its ``GLIBC_TUNABLES`` form).
+is; so does setting glibc's own ``MALLOC_MMAP_THRESHOLD_`` (or its ``GLIBC_TUNABLES`` form). A trim threshold
+set in the environment (``MALLOC_TRIM_THRESHOLD_``, which dask's nanny sets for its workers) is left as set.
 """
 
 from __future__ import annotations
@@ -46,10 +47,12 @@ def threshold() -> int:
     Raises :class:`daskfeed.InputError` (a ValueError) naming the variable when it is not a whole number
     from 0 to 32 MiB.
     """
-    global _threshold
+    global _threshold, _trim
+    tunables = os.environ.get("GLIBC_TUNABLES", "")
+    # glibc's own variables are a setting of the user's (dask's nanny sets MALLOC_TRIM_THRESHOLD_): leave those
+    _trim = "MALLOC_TRIM_THRESHOLD_" not in os.environ and "glibc.malloc.trim_threshold" not in tunables
     raw = os.environ.get(ENV, "").strip()
-    if not raw:  # glibc's own variables are a setting of the user's: leave it
-        tunables = os.environ.get("GLIBC_TUNABLES", "")
+    if not raw:
         mine = "MALLOC_MMAP_THRESHOLD_" not in os.environ and "glibc.malloc.mmap_threshold" not in tunables
         _threshold = MMAP_THRESHOLD if mine else 0
         return _threshold
@@ -80,6 +83,7 @@ def _mallopt() -> Callable[[int, int], int] | None:
 
 _MALLOPT = _mallopt()
 _threshold = MMAP_THRESHOLD
+_trim = True  # whether to set the trim threshold too (not when the user's environment sets it)
 
 
 def keep_buffers_in_heap() -> bool:
@@ -89,4 +93,7 @@ def keep_buffers_in_heap() -> bool:
     if _MALLOPT is None or value == 0 or "tensorflow" not in sys.modules:
         return False
     # Thread-safe: mallopt takes glibc's arena lock.
-    return bool(_MALLOPT(_M_MMAP_THRESHOLD, value)) and bool(_MALLOPT(_M_TRIM_THRESHOLD, 2 * value))
+    done = bool(_MALLOPT(_M_MMAP_THRESHOLD, value))
+    if _trim:
+        done = bool(_MALLOPT(_M_TRIM_THRESHOLD, 2 * value)) and done
+    return done

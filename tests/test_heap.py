@@ -75,7 +75,10 @@ def faults_in_a_fresh_process(tmp_path, store, door, env=None):
     ``door``: in a process of its own, as the pin is for the whole process and only the first op makes it."""
     script = tmp_path / "job.py"
     script.write_text(JOB)
-    environ = {k: v for k, v in os.environ.items() if k != heap.ENV} | (env or {})
+    # glibc's defaults: no variable of its own (a LocalCluster's nanny puts MALLOC_TRIM_THRESHOLD_ in this
+    # process's environment, which turns glibc's dynamic threshold off in every child started after it)
+    glibc = ("MALLOC_", "GLIBC_TUNABLES", heap.ENV)
+    environ = {k: v for k, v in os.environ.items() if not k.startswith(glibc)} | (env or {})
     done = subprocess.run(
         [sys.executable, str(script), store, door], capture_output=True, text=True, timeout=300, env=environ
     )
@@ -119,3 +122,16 @@ def test_glibc_s_own_setting_is_left_alone(env, monkeypatch):
         for name in env:
             monkeypatch.delenv(name)
         assert heap.threshold() == heap.MMAP_THRESHOLD  # later loaders set it again
+
+
+def test_a_trim_threshold_in_the_environment_is_left_as_set(monkeypatch):
+    """dask's nanny puts MALLOC_TRIM_THRESHOLD_ in the environment: the mmap threshold is still set back, the
+    trim threshold is not touched."""
+    monkeypatch.setenv("MALLOC_TRIM_THRESHOLD_", "65536")
+    try:
+        daskfeed.Loader(np.zeros((10, 2)), batch_size=2)
+        assert heap.threshold() == heap.MMAP_THRESHOLD and not heap._trim
+    finally:
+        monkeypatch.delenv("MALLOC_TRIM_THRESHOLD_")
+        heap.threshold()
+    assert heap._trim
