@@ -10,8 +10,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import daskfeed.plan as plan_module
 from daskfeed.errors import InputError
-from daskfeed.plan import GROW_WINDOWS, EpochPlan, PlanConfig
+from daskfeed.plan import EpochPlan, PlanConfig
 
 
 @st.composite
@@ -195,7 +196,11 @@ def test_resident_plans_shuffle_the_whole_shard_every_epoch():
 
 
 @pytest.mark.parametrize("reads", [1, 3])
-def test_epoch_0_starts_with_small_windows_that_grow_to_the_full_size(reads):
+def test_epoch_0_starts_with_small_windows_that_grow_to_the_full_size(reads, monkeypatch):
+    """Off by default (GROW_WINDOWS = 0: small first windows of a sorted store give single-label batches);
+    the code stays correct for whoever turns it on."""
+    monkeypatch.setattr(plan_module, "GROW_WINDOWS", 4)
+    GROW_WINDOWS = plan_module.GROW_WINDOWS
     bounds = np.arange(0, 100 * 64 + 1, 64)  # 100 chunks of 64 samples
     config = PlanConfig(chunk_bounds=bounds, batch_size=10, seed=1, reads_per_chunk=reads, window_samples=3200)
     first, later = EpochPlan(config, 0), EpochPlan(config, 1)
