@@ -222,23 +222,31 @@ def test_a_read_error_reaches_fit_and_a_loop_as_chunk_read_error(blobs, door):
     assert join_daskfeed_threads() == []
 
 
-IGNORING_JOB = """
+#: The end of a child job: 20 chunks of 100 samples, read through ``broken`` (which the job defines before it),
+#: served by the door named on the command line to a one-layer model.
+BROKEN_READ_AND_MODEL = """
+x = da.from_array(np.random.rand(2000, 3).astype("f4"), chunks=(100, 3)).map_blocks(broken, dtype="f4")
+y = da.from_array(np.zeros(2000, "f4"), chunks=100)
+data = getattr(daskfeed, sys.argv[1])(x, y, batch_size=50, seed=0, memory_budget="20KB", reads_per_chunk=1)
+model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(1)])
+model.compile("sgd", "mse")
+"""
+
+IGNORING_JOB = (
+    """
 import os, signal, sys
 signal.signal(signal.SIGINT, signal.SIG_IGN)  # as `nohup python job.py &` or a batch system starts it
 import numpy as np, keras, daskfeed
 import dask.array as da
 from daskfeed.interrupts import Interrupts
 
-def explode(block, block_info=None):
+def broken(block, block_info=None):
     if block_info[0]["chunk-location"][0] == 3:
         raise OSError("disk gone")
     return block
-
-x = da.from_array(np.random.rand(2000, 3).astype("f4"), chunks=(100, 3)).map_blocks(explode, dtype="f4")
-y = da.from_array(np.zeros(2000, "f4"), chunks=100)
-data = getattr(daskfeed, sys.argv[1])(x, y, batch_size=50, seed=0, memory_budget="20KB", reads_per_chunk=1)
-model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(1)])
-model.compile("sgd", "mse")
+"""
+    + BROKEN_READ_AND_MODEL
+    + """
 try:
     model.fit(data, epochs=1, shuffle=False, verbose=0)
 except daskfeed.ChunkReadError as err:
@@ -246,6 +254,7 @@ except daskfeed.ChunkReadError as err:
 os.kill(os.getpid(), signal.SIGINT)  # a Ctrl-C press is still ignored
 print("still here", Interrupts.count(), flush=True)
 """
+)
 
 
 @pytest.mark.parametrize("door", ["as_sequence", "as_dataset"])
@@ -377,26 +386,25 @@ def test_twenty_multiprocessing_fits_in_a_row_never_hang(xy_store, tmp_path):
     assert done.returncode == 0 and done.stdout.strip() == "done", done.stderr[-2000:]
 
 
-CTRL_C_JOB = """
+CTRL_C_JOB = (
+    """
 import signal, sys, time
 signal.signal(signal.SIGINT, signal.default_int_handler)  # as started from a terminal, even if pytest was not
 import numpy as np, keras, daskfeed
 import dask.array as da
 
-def stuck(block, block_info=None):
+def broken(block, block_info=None):
     if block_info[0]["chunk-location"][0] == 5:
         print("stuck", flush=True)
         time.sleep(600)  # a read that never comes back while the test runs
     return block
-
-x = da.from_array(np.random.rand(2000, 3).astype("f4"), chunks=(100, 3)).map_blocks(stuck, dtype="f4")
-y = da.from_array(np.zeros(2000, "f4"), chunks=100)
-data = getattr(daskfeed, sys.argv[1])(x, y, batch_size=50, seed=0, memory_budget="20KB", reads_per_chunk=1)
-model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(1)])
-model.compile("sgd", "mse")
+"""
+    + BROKEN_READ_AND_MODEL
+    + """
 print("fitting", flush=True)
 model.fit(data, epochs=2, shuffle=False, verbose=0)
 """
+)
 
 
 @pytest.mark.parametrize("door", ["as_sequence", "as_dataset"])
