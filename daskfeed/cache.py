@@ -284,9 +284,9 @@ class WindowCache:
         """Start making a window in a free slot. It takes spare storage that fits now, so that a buffer is
         always either spare or a window's, and drops spare storage the slot needs (spare + live <= SLOTS)."""
         size = plan.window_size(window)
-        storage = next((s for s in self.spare if storage_rows(s) >= size), None)
-        if storage is not None:
-            self.spare.remove(storage)
+        # By position, never by value: ``list.remove`` would compare numpy buffers with ``==``.
+        fits = next((i for i, s in enumerate(self.spare) if storage_rows(s) >= size), None)
+        storage = self.spare.pop(fits) if fits is not None else None
         while self.spare and len(self.spare) + len(self.entries) >= SLOTS:
             self.spare.pop(0)
         future = self.pool.submit(self._run, plan, window, storage)

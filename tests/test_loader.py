@@ -16,6 +16,8 @@ import numpy as np
 import pytest
 import zarr
 from conftest import join_daskfeed_threads, write_store
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 import daskfeed
 
@@ -488,3 +490,71 @@ def test_seed_0_gives_the_pinned_first_batches_in_both_doors(xy_store, budget):
     ds = daskfeed.as_dataset(arrays["x"], arrays["y"], **kwargs)
     epochs = [next(iter(ds))[1].numpy().tolist() for _ in range(2)]  # each iteration is the next epoch
     assert epochs == [first, second] and tf.is_tensor(next(iter(ds))[0])
+
+
+@pytest.fixture(scope="module")
+def ragged_store(tmp_path_factory):
+    """x (1003, 3): row r starts with r, chunked by 90; y = row number chunked by 250 (chunks unlike x's)."""
+    n = 1003
+    x = np.repeat(np.arange(n, dtype="f4")[:, None], 3, axis=1)
+    return write_store(tmp_path_factory.mktemp("ragged") / "s.zarr", {"x": x, "y": np.arange(n)}, {"x": 90, "y": 250})
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    batch_size=st.integers(1, 300),
+    extra=st.integers(0, 30_000),
+    reads=st.sampled_from([1, 2, 5, "auto"]),
+    order_seed=st.integers(0, 2**32 - 1),
+    threads=st.sampled_from([1, 3]),
+)
+def test_batches_in_any_order_over_epochs_at_a_budget_the_data_does_not_fit(
+    ragged_store, batch_size, extra, reads, order_seed, threads
+):
+    """Keras's fit(shuffle=True) asks for batch indices in a new random order each epoch (and workers>1 asks from
+    several threads): every epoch still serves every sample once, and batch i is the batch i of in-order reading."""
+    arrays = daskfeed.open_zarr(ragged_store)
+    kwargs = dict(batch_size=batch_size, seed=3, reads_per_chunk=reads)
+    with pytest.raises(daskfeed.MemoryBudgetError) as too_small:
+        daskfeed.Loader(arrays["x"], arrays["y"], memory_budget=1, **kwargs)
+    budget = too_small.value.smallest + extra
+    rng = np.random.default_rng(order_seed)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", daskfeed.OrderWarning)
+        loader = daskfeed.Loader(arrays["x"], arrays["y"], memory_budget=budget, **kwargs)
+        reference = daskfeed.Loader(arrays["x"], arrays["y"], memory_budget=budget, **kwargs)
+        with loader, reference, ThreadPoolExecutor(threads) as pool:
+            assert not loader.layout.resident
+            for epoch in range(3):
+                loader.set_epoch(epoch)
+                asked = rng.permutation(len(loader)).tolist()
+                got = dict(zip(asked, pool.map(loader.batch, asked)))
+                rows = np.concatenate([got[i][1] for i in range(len(loader))])
+                assert np.array_equal(np.sort(rows), np.arange(1003)), f"epoch {epoch}"
+                for x, y in got.values():
+                    np.testing.assert_array_equal(x[:, 0], y)  # x and y of one sample stay together
+                expected = np.concatenate([reference.batch(i, epoch)[1] for i in range(len(reference))])
+                np.testing.assert_array_equal(rows, expected)  # the same batches as reading in order
+
+
+@pytest.mark.parametrize("use", ["never", "batches", "break", "epochs"])
+def test_a_dropped_loader_is_freed_with_its_windows_and_threads(xy_store, use):
+    import gc
+    import weakref
+
+    arrays = daskfeed.open_zarr(xy_store)
+    loader = daskfeed.Loader(arrays["x"], arrays["y"], batch_size=10, seed=0, memory_budget="5KB")
+    if use == "batches":
+        loader.batch(0), loader.batch(57)
+    elif use == "break":
+        for _ in loader:
+            break
+    elif use == "epochs":
+        for _ in range(2):
+            for _ in loader:
+                pass
+    dropped = weakref.ref(loader)
+    del loader
+    gc.collect()
+    assert dropped() is None
+    assert join_daskfeed_threads() == []
