@@ -1,9 +1,11 @@
 """Soak: many epochs through each door, with the process's RSS and thread count after every epoch.
 
 ``python benchmarks/soak.py`` runs 50 epochs through ``as_sequence`` (read as Keras reads it) and 50 through
-``as_dataset`` (consumed in graph mode) over one store streamed in windows (a budget of 1/4 of the data), and
-writes ``results/soak[-quick].md`` and ``.json``: RSS and threads per epoch, and the growth per epoch fitted over
-the epochs after the first five. Flat is the target. ``--quick`` is the smoke size the tests run.
+``as_dataset`` (consumed in graph mode) over one store streamed in windows (a budget of 1/4 of the data), then
+makes 20 loaders one after another (each door in turn), iterates an epoch of each and drops it; and writes
+``results/soak[-quick].md`` and ``.json``: RSS and threads per epoch and per dropped loader, and the growth
+fitted over the epochs after the first five (over the loaders after the first three). Flat is the target: a
+dropped loader frees its windows. ``--quick`` is the smoke size the tests run.
 """
 
 from __future__ import annotations
@@ -70,6 +72,32 @@ def soak_dataset(arrays: dict, epochs: int, budget: int) -> list[dict]:
     return rows
 
 
+def soak_dropped(arrays: dict, loaders: int, budget: int) -> list[dict]:
+    """Make, iterate for an epoch and drop ``loaders`` loaders, each door in turn, never closing one."""
+    import tensorflow as tf
+
+    process, rows = psutil.Process(), []
+    kwargs = dict(batch_size=128, seed=0, memory_budget=budget)
+    for k in range(loaders):
+        started = time.perf_counter()
+        door = ("Loader", "as_sequence", "as_dataset")[k % 3]
+        if door == "Loader":
+            loader = daskfeed.Loader(arrays["x"], arrays["y"], **kwargs)
+            for _ in loader:
+                pass
+        elif door == "as_sequence":
+            loader = daskfeed.as_sequence(arrays["x"], arrays["y"], **kwargs)
+            for i in range(len(loader)):
+                loader[i]
+        else:
+            loader = daskfeed.as_dataset(arrays["x"], arrays["y"], **kwargs)
+            loader.reduce(tf.constant(0, tf.int64), lambda n, b: n + tf.shape(b[1], tf.int64)[0])
+        del loader
+        rows.append({"door": door, "seconds": time.perf_counter() - started, **sample(process)})
+    rows[-1]["loaders_alive"] = sum(isinstance(o, daskfeed.Loader) for o in gc.get_objects())
+    return rows
+
+
 def growth(rows: list[dict], key: str, skip: int = 5) -> float:
     """Least-squares slope of ``key`` over the epochs after the first ``skip``: per epoch."""
     values = [r[key] for r in rows[skip:]] or [r[key] for r in rows]
@@ -84,10 +112,11 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--epochs", type=int, default=50)
     parser.add_argument("--store", default=str(HERE / "results" / "tmp" / "soak.zarr"))
     parser.add_argument("--out", default=str(HERE / "results"))
-    parser.add_argument("--quick", action="store_true", help="smoke size: 4,000 samples, 6 epochs")
+    parser.add_argument("--loaders", type=int, default=20, help="loaders made and dropped one after another")
+    parser.add_argument("--quick", action="store_true", help="smoke size: 4,000 samples, 6 epochs, 6 loaders")
     args = parser.parse_args(argv)
     if args.quick:
-        args.samples, args.epochs = min(args.samples, 4000), min(args.epochs, 6)
+        args.samples, args.epochs, args.loaders = min(args.samples, 4000), min(args.epochs, 6), min(args.loaders, 6)
     make_store(args.store, args.samples)
     arrays = daskfeed.open_zarr(args.store)
     budget = args.samples * (32 * 32 * 3 + 8) // 4
@@ -105,6 +134,18 @@ def main(argv: list[str] | None = None) -> dict:
             f"{rows[0]['threads']} -> {rows[-1]['threads']}",
             flush=True,
         )
+    rows = soak_dropped(arrays, args.loaders, budget)
+    report["dropped"] = {
+        "loaders": rows,
+        "rss_growth_mb_per_loader": growth(rows, "rss_mb", skip=3),
+        "loaders_alive_at_end": rows[-1]["loaders_alive"],
+    }
+    print(
+        f"  {len(rows)} dropped loaders: RSS {rows[0]['rss_mb']:.0f} MB after the first, {rows[-1]['rss_mb']:.0f} MB "
+        f"after the last ({report['dropped']['rss_growth_mb_per_loader']:+.2f} MB/loader), "
+        f"{rows[-1]['loaders_alive']} loaders alive at the end",
+        flush=True,
+    )
     lines = [
         f"{args.samples:,} samples of 32x32x3 uint8 + int64 labels, chunks of 1,000, memory_budget "
         f"{budget / 2**20:.1f} MiB (1/4 of the data: streamed in windows), batch 128, {args.epochs} epochs per door.",
@@ -120,6 +161,20 @@ def main(argv: list[str] | None = None) -> dict:
             f"{max(r['rss_mb'] for r in rows):.0f} MB | {d['rss_growth_mb_per_epoch']:+.2f} MB | "
             f"{rows[0]['threads']}/{rows[-1]['threads']}/{max(r['threads'] for r in rows)} |"
         )
+    d = report["dropped"]
+    rows = d["loaders"]
+    lines += [
+        "",
+        f"{len(rows)} loaders made one after another (Loader, as_sequence, as_dataset in turn), each iterated for an "
+        "epoch and dropped without close():",
+        "",
+        "| RSS after the first | RSS after the last | max RSS | RSS growth per loader (after 3) | loaders alive at the "
+        "end | threads first/last |",
+        "|---:|---:|---:|---:|---:|---|",
+        f"| {rows[0]['rss_mb']:.0f} MB | {rows[-1]['rss_mb']:.0f} MB | {max(r['rss_mb'] for r in rows):.0f} MB | "
+        f"{d['rss_growth_mb_per_loader']:+.2f} MB | {d['loaders_alive_at_end']} | "
+        f"{rows[0]['threads']}/{rows[-1]['threads']} |",
+    ]
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     tag = "soak-quick" if args.quick else "soak"

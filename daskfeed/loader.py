@@ -35,15 +35,31 @@ WARN_AMPLIFICATION = 2.0
 
 
 class _Runtime:
-    """What a loader holds at run time and drops when pickled or closed: window cache, arrays, plans."""
+    """What a loader holds at run time and drops when pickled or closed: window cache, arrays, plans.
+
+    Nothing in it refers back to the loader, so a loader that is dropped is collected (and its finalizer
+    closes this): the cache asks this object, not the loader, for plans.
+    """
 
     def __init__(self, loader: Loader):
         self.pid = os.getpid()
         self.lock = threading.Lock()
+        self.config = loader.config
         self.plans: dict[int, EpochPlan] = {}
         self.maker = WindowMaker(loader.inputs, loader.layout, loader._scheduler)
-        self.cache = WindowCache(self.maker.make, loader.plan, lambda: self.maker.held_nbytes)
+        maker = self.maker
+        self.cache = WindowCache(maker.make, self.plan, lambda: maker.held_nbytes)
         self.cache.epoch = loader.epoch
+
+    def plan(self, epoch: int) -> EpochPlan:
+        with self.lock:
+            plan = self.plans.get(epoch)
+            if plan is None:
+                plan = EpochPlan(self.config, epoch)
+                if len(self.plans) >= 4:  # plans are O(read units); keep the few epochs in use at once
+                    self.plans.pop(min(self.plans))
+                self.plans[epoch] = plan
+            return plan
 
 
 class Loader:
@@ -200,16 +216,7 @@ class Loader:
 
     def plan(self, epoch: int | None = None) -> EpochPlan:
         """The plan of ``epoch`` (default: the current one)."""
-        epoch = self._epoch if epoch is None else epoch
-        runtime = self._live()
-        with runtime.lock:
-            plan = runtime.plans.get(epoch)
-            if plan is None:
-                plan = EpochPlan(self.config, epoch)
-                if len(runtime.plans) >= 4:  # plans are O(read units); keep the few epochs in use at once
-                    runtime.plans.pop(min(runtime.plans))
-                runtime.plans[epoch] = plan
-            return plan
+        return self._live().plan(self._epoch if epoch is None else epoch)
 
     def batch(self, index: int, epoch: int | None = None) -> Any:
         """Batch ``index`` of ``epoch`` as numpy arrays: ``x``, ``(x, y)`` or ``(x, y, sample_weight)``."""

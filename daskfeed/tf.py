@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import weakref
 from typing import Any
 
 import tensorflow as tf
@@ -75,8 +76,15 @@ def dataset_from_loader(loader: Loader) -> tf.data.Dataset:
     )
     per_block = max(1, min(BLOCK_SAMPLES // batch, BLOCK_BYTES // max(1, batch * loader.inputs.bytes_per_sample)))
     epochs = itertools.count(loader.epoch)
+    # TensorFlow keeps the generator of every from_generator for the life of the process (tensorflow#57690):
+    # it holds the loader weakly, and the dataset (which each iterator of it keeps) holds it, so a dataset
+    # that is dropped frees its loader, its windows and its threads.
+    weak = weakref.ref(loader)
 
     def generate():
+        loader = weak()
+        if loader is None:  # only when the dataset itself was dropped and TensorFlow still runs its op
+            raise DaskfeedError("the loader of this dataset was freed; keep the dataset while iterating it")
         epoch = next(epochs)
         loader.set_epoch(epoch)
         try:
@@ -88,4 +96,6 @@ def dataset_from_loader(loader: Loader) -> tf.data.Dataset:
     ds = tf.data.Dataset.from_generator(generate, output_signature=signature)
     ds = ds.rebatch(batch, drop_remainder=drop)
     ds = ds.apply(tf.data.experimental.assert_cardinality(len(loader)))
-    return ds.prefetch(2)
+    ds = ds.prefetch(2)
+    ds._daskfeed_loader = loader  # datasets made from this one keep it through their input datasets
+    return ds

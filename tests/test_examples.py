@@ -126,4 +126,6 @@ def test_soak_benchmark_quick(tmp_path, capsys):
         # Threads come and go with the work (a prefetch and a read thread per core at most); a leak would add
         # one or more per epoch and pass the most seen in the first epochs by more than that.
         assert rows[-1]["threads"] <= max(r["threads"] for r in rows[:3]) + 4
+    dropped = report["dropped"]
+    assert len(dropped["loaders"]) == 6 and dropped["loaders_alive_at_end"] == 0  # every dropped loader was freed
     assert "| as_dataset |" in capsys.readouterr().out
