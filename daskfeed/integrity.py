@@ -1,4 +1,5 @@
-"""Missing chunks: which chunk files a zarr array lacks, and whether that looks like damage.
+"""Store integrity: chunk files a zarr array lacks (and whether that looks like damage), and stores replaced
+under a loader.
 
 zarr serves a chunk that is not in the store as the array's fill value. By default zarr 3 does not write a chunk
 that is all fill value, so a missing chunk can be on purpose (empty masks, padding); but a store copied halfway
@@ -19,7 +20,7 @@ from typing import Any
 from daskfeed.errors import DaskfeedWarning, StoreError, warn
 from daskfeed.inputs import store_location
 
-__all__ = ["MissingChunks", "check_missing", "damage", "find_missing", "written_by_daskfeed"]
+__all__ = ["MissingChunks", "StoreWatch", "check_missing", "damage", "find_missing", "written_by_daskfeed"]
 
 #: Protocols whose stores cannot be listed: there a missing chunk cannot be told from a fill-value one.
 _UNLISTABLE = ("http", "https")
@@ -187,3 +188,84 @@ def check_missing(arrays: Sequence[tuple[str, Any]], mode: str) -> list[MissingC
         DaskfeedWarning,
     )
     return found
+
+
+def _commit(attrs: Mapping) -> str | None:
+    """The commit id ``daskfeed ingest`` writes into every array it stores, or None."""
+    mark = attrs.get("daskfeed")
+    commit = mark.get("commit") if isinstance(mark, Mapping) else None
+    return commit if isinstance(commit, str) else None
+
+
+class _Watched:
+    """One zarr array's identity: what changes when its store is replaced (an ingest's commit renames a new
+    store into place) or the array is written again."""
+
+    def __init__(self, name: str, z: Any):
+        from zarr.storage import LocalStore
+
+        self.name, self.array = name, z
+        self.location = store_location(z) or str(z.store_path)
+        store = z.store_path.store
+        self.root = os.fspath(store.root) if type(store) is LocalStore else None
+        self.commit = _commit(z.attrs)  # as the array was opened
+
+    def local_identity(self) -> tuple:
+        """The store's root folder, the array's folder and its metadata file: device, inode (and the file's
+        modification time). Renaming a store into place changes the first; writing the array again the last."""
+        path = self.array.path
+        folder = os.path.join(self.root, path) if path else self.root
+        meta = "zarr.json" if self.array.metadata.zarr_format == 3 else ".zarray"
+        out = []
+        for where in (self.root, folder, os.path.join(folder, meta)):
+            try:
+                st = os.stat(where)
+            except OSError:  # gone: between the two renames of a commit, or deleted
+                out.append(None)
+                continue
+            out.append((st.st_dev, st.st_ino, st.st_mtime_ns if where.endswith(meta) else 0))
+        return tuple(out)
+
+    def current_commit(self) -> str | None:
+        import zarr
+
+        z = self.array
+        try:
+            return _commit(zarr.open_array(store=z.store_path.store, path=z.path, mode="r").attrs)
+        except Exception:  # gone, or half written: not the store the loader was made on
+            return None
+
+
+class StoreWatch:
+    """Makes sure a loader never serves data from two versions of a store.
+
+    Taken when the loader is made; :meth:`check` runs after each window is read (and after the data held in
+    memory is read), so every batch's rows come from the store as it was when the loader was made: a local
+    store by the identity of its folders and of each array's metadata file (a few ``stat`` calls); any store
+    ``daskfeed ingest`` wrote also by the commit id in its attributes (on remote stores, one metadata read per
+    window). Arrays that are not plain zarr arrays (dask work on top) are not watched.
+    """
+
+    def __init__(self, arrays: Sequence[tuple[str, Any]]):
+        self._watched = [_Watched(name, z) for name, z in arrays]
+        self._local = {w.name: w.local_identity() for w in self._watched if w.root is not None}
+        for w in self._watched:  # replaced between open_zarr and now: the array's metadata is the old store's
+            if w.commit is not None and w.current_commit() != w.commit:
+                raise self._changed(w)
+
+    def check(self) -> None:
+        """Raise :class:`StoreError` if a store the loader reads was replaced or an array written since."""
+        for w in self._watched:
+            if w.root is not None:
+                if w.local_identity() != self._local[w.name]:
+                    raise self._changed(w)
+            elif w.commit is not None and w.current_commit() != w.commit:
+                raise self._changed(w)
+
+    @staticmethod
+    def _changed(w: _Watched) -> StoreError:
+        return StoreError(
+            f"the store {w.location} changed while this loader was reading it: array {w.name} was replaced (a "
+            "`daskfeed ingest --overwrite` into it, or the array written again). Batches would pair samples of two "
+            "versions of the store, so none is served; make a new loader to read the store as it is now."
+        )

@@ -18,7 +18,7 @@ from daskfeed import heap
 from daskfeed.cache import CacheStats, WindowCache
 from daskfeed.errors import DaskfeedError, InputError, InputTypeError, LayoutWarning, warn
 from daskfeed.inputs import Inputs, normalize_inputs, rewrite_hint, zarr_behind
-from daskfeed.integrity import check_missing
+from daskfeed.integrity import StoreWatch, check_missing
 from daskfeed.interrupts import Interrupts
 from daskfeed.layout import Layout, choose_layout
 from daskfeed.options import LoaderOptions, check_int, parse_loader_options
@@ -46,7 +46,7 @@ class _Runtime:
         self.lock = threading.Lock()
         self.config = loader.config
         self.plans: dict[int, EpochPlan] = {}
-        self.maker = WindowMaker(loader.inputs, loader.layout, loader._scheduler)
+        self.maker = WindowMaker(loader.inputs, loader.layout, loader._scheduler, loader._watch)
         maker = self.maker
         self.cache = WindowCache(maker.make, self.plan, lambda: maker.held_nbytes)
         self.cache.epoch = loader.epoch
@@ -105,10 +105,11 @@ class Loader:
             no_workers_timeout=self.options.no_workers_timeout,
             concurrency=self.options.concurrency,
         )
-        check_missing(
-            [(leaf.name, z) for leaf in self.inputs.leaves if leaf.lazy and (z := zarr_behind(leaf.array)) is not None],
-            self.options.missing_chunks,
-        )
+        leaves = self.inputs.leaves
+        zarrs = [(leaf.name, z) for leaf in leaves if leaf.lazy and (z := zarr_behind(leaf.array)) is not None]
+        check_missing(zarrs, self.options.missing_chunks)
+        #: Checked after each read, so that no batch mixes two versions of a store (one replaced under the loader).
+        self._watch = StoreWatch(zarrs)
         Interrupts.install()  # so that Ctrl-C reaches a batch that tf.data's thread waits for
         self._epoch = self._next_batch = 0
         first = EpochPlan(self.config, 0)

@@ -13,6 +13,7 @@ import numpy as np
 
 from daskfeed import heap
 from daskfeed.inputs import Inputs
+from daskfeed.integrity import StoreWatch
 from daskfeed.layout import Layout
 from daskfeed.plan import EpochPlan
 from daskfeed.prefetch import BlockSource, ReadJob, Scheduler, UnitRead, read_blocks
@@ -78,8 +79,8 @@ class WindowMaker:
     them), and lazy arrays read into each window's own buffers.
     """
 
-    def __init__(self, inputs: Inputs, layout: Layout, scheduler: Scheduler):
-        self.inputs, self.layout, self.scheduler = inputs, layout, scheduler
+    def __init__(self, inputs: Inputs, layout: Layout, scheduler: Scheduler, watch: StoreWatch | None = None):
+        self.inputs, self.layout, self.scheduler, self.watch = inputs, layout, scheduler, watch
         leaves = inputs.leaves
         self._held = [i for i, leaf in enumerate(leaves) if leaf.name in layout.held]
         self._windowed = [i for i, leaf in enumerate(leaves) if leaf.name in layout.windowed]
@@ -142,6 +143,8 @@ class WindowMaker:
             owned += storage
             for i, buffer in zip(self._windowed, buffers):
                 arrays[i], takes[i] = buffer, take
+        if decoded and self.watch is not None:  # after the reads: every row came from the store as it was
+            self.watch.check()
         nbytes = sum(a.nbytes for a in {id(a): a for a in owned if isinstance(a, np.ndarray)}.values())
         return Window(window, storage or [], arrays, takes, nbytes, decoded, time.perf_counter() - started)
 

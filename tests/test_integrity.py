@@ -149,3 +149,76 @@ def test_a_store_that_refuses_listing_is_warned_about_not_a_crash(tmp_path):
     assert sum(len(b[1]) for b in loader) == 5000
     with pytest.raises(daskfeed.StoreError, match="missing_chunks='error' cannot be checked for x: listing"):
         daskfeed.Loader(arrays["x"], arrays["y"], batch_size=100, seed=0, missing_chunks="error")
+
+
+# -- a store replaced under a loader ---------------------------------------------------------------------------
+
+
+def ingest_command(tmp_path, dest, seed):
+    """The command that writes ``dest`` from x.npy (row r is r everywhere) and y.npy (r), shuffled with ``seed``."""
+    import sys
+
+    if not (tmp_path / "x.npy").exists():
+        n = 6000
+        np.save(tmp_path / "x.npy", np.repeat(np.arange(n, dtype="f4")[:, None], 256, axis=1))
+        np.save(tmp_path / "y.npy", np.arange(n, dtype="i8"))
+    sources = [f"x={tmp_path / 'x.npy'}", f"y={tmp_path / 'y.npy'}"]
+    flags = ["--shuffle", "--seed", str(seed), "--chunk-length", "250", "--overwrite", "--quiet"]
+    return [sys.executable, "-m", "daskfeed.cli", "ingest", *sources, str(dest), *flags]
+
+
+def paired(batch):
+    x, y = batch
+    np.testing.assert_array_equal(x[:, 0], y)  # x of one sample with y of the same sample, never another's
+    return len(y)
+
+
+def test_a_store_replaced_under_a_loader_fails_the_next_read_and_never_mixes_versions(tmp_path):
+    import subprocess
+
+    dest = tmp_path / "out.zarr"
+    subprocess.run(ingest_command(tmp_path, dest, seed=1), check=True)
+    arrays = daskfeed.open_zarr(str(dest))
+    # y is held whole (read once), x read window by window: the pairing a replaced store would break.
+    with daskfeed.Loader(arrays["x"], arrays["y"], batch_size=100, seed=0, memory_budget="1.2MB") as loader:
+        assert "y" in " ".join(loader.layout.held) and loader.plan().n_windows > 8
+        batches = iter(loader)
+        served = sum(paired(next(batches)) for _ in range(10))
+        subprocess.run(ingest_command(tmp_path, dest, seed=7), check=True)  # another process replaces the store
+        with pytest.raises(daskfeed.StoreError, match=r"changed while this loader was reading it.*make a new loader"):
+            for batch in batches:
+                served += paired(batch)  # windows read before the swap may still be served: they are whole
+        assert served < 6000
+    # A loader made on arrays opened before the swap refuses at once: their metadata is the old store's.
+    stale = daskfeed.open_zarr(str(dest))
+    subprocess.run(ingest_command(tmp_path, dest, seed=8), check=True)
+    with pytest.raises(daskfeed.StoreError, match="changed while this loader"):
+        daskfeed.Loader(stale["x"], stale["y"], batch_size=100, seed=0, memory_budget="1.2MB")
+    # A new loader reads the new store.
+    fresh = daskfeed.open_zarr(str(dest))
+    with daskfeed.Loader(fresh["x"], fresh["y"], batch_size=100, seed=0, memory_budget="1.2MB") as loader:
+        assert sum(paired(b) for b in loader) == 6000
+
+
+def test_a_loader_racing_a_real_overwrite_finishes_on_the_old_data_or_raises(tmp_path):
+    import subprocess
+
+    dest = tmp_path / "out.zarr"
+    subprocess.run(ingest_command(tmp_path, dest, seed=1), check=True)
+    arrays = daskfeed.open_zarr(str(dest))
+    writer = subprocess.Popen(ingest_command(tmp_path, dest, seed=7))
+    outcomes = []
+    try:
+        while writer.poll() is None or len(outcomes) < 2:  # epochs while the writer runs, and one after
+            loader = daskfeed.Loader(arrays["x"], arrays["y"], batch_size=100, seed=0, memory_budget="1.2MB")
+            try:
+                outcomes.append(sum(paired(b) for b in loader))
+            except daskfeed.StoreError:
+                outcomes.append("replaced")
+            finally:
+                loader.close()
+            if outcomes[-1] == "replaced":
+                break
+    finally:
+        assert writer.wait() == 0
+    assert all(o in (6000, "replaced") for o in outcomes)
