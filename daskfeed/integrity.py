@@ -17,6 +17,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+
 from daskfeed.errors import DaskfeedWarning, StoreError, warn
 from daskfeed.inputs import store_location
 
@@ -132,6 +134,31 @@ def damage(found: Sequence[MissingChunks]) -> list[str]:
     return notes
 
 
+def _tail(report: MissingChunks, z: Any) -> bool:
+    """Whether the last chunk in the order a copy goes is missing: the keys' sorted order (``cp``'s, ``rsync``'s,
+    an upload's) or the chunk grid's (a writer that went in order)."""
+    coords = list(itertools.product(*(range(g) for g in report.grid)))
+    last_key = max(coords, key=z.metadata.encode_chunk_key)
+    return coords[-1] in report.missing or last_key in report.missing
+
+
+def suspect(found: Sequence[MissingChunks], arrays: Mapping[str, Any]) -> list[str]:
+    """The arrays whose missing chunks look like a store copied or written halfway, not like chunks zarr left out
+    for holding only the fill value.
+
+    zarr leaves out every chunk that is all fill value, so only the pattern can tell: chunks missing from the
+    array with the most bytes per sample (images, the features: an all-zero chunk of those is rare), or the last
+    chunk in the order a copy or a writer goes, in any array. Chunks missing elsewhere in a lighter array (a
+    label chunk of class 0 in a store sorted by label) are what zarr does by default, and are not suspect.
+    """
+
+    def row_bytes(z: Any) -> int:
+        return np.dtype(z.dtype).itemsize * math.prod(z.shape[1:])
+
+    heaviest = max(row_bytes(z) for z in arrays.values())
+    return [r.array for r in found if row_bytes(arrays[r.array]) == heaviest or _tail(r, arrays[r.array])]
+
+
 def verify_hint(arrays: Sequence[Any]) -> str:
     roots = {store_location(z) for z in arrays}
     root = roots.pop() if len(roots) == 1 else None
@@ -140,8 +167,8 @@ def verify_hint(arrays: Sequence[Any]) -> str:
 
 def check_missing(arrays: Sequence[tuple[str, Any]], mode: str) -> list[MissingChunks]:
     """Apply ``missing_chunks=mode`` to named zarr arrays: nothing for ``"fill"``; else list their stores, and
-    warn (``"warn"``) or raise :class:`StoreError` (``"error"``, and always for arrays ``daskfeed ingest``
-    wrote) naming the missing chunks and samples. Returns what was found."""
+    warn (``"warn"``, only when the pattern is :func:`suspect`) or raise :class:`StoreError` (``"error"``, and
+    always for arrays ``daskfeed ingest`` wrote) naming the missing chunks and samples. Returns what was found."""
     if mode == "fill" or not arrays:
         return []
     reports, unlisted = [], []
@@ -177,6 +204,8 @@ def check_missing(arrays: Sequence[tuple[str, Any]], mode: str) -> list[MissingC
     )
     hint = verify_hint([z for _, z in arrays])
     by_daskfeed = [name for name, z in arrays if written_by_daskfeed(z) and any(r.array == name for r in found)]
+    if mode == "warn" and not by_daskfeed and not suspect(found, dict(arrays)):
+        return found  # what zarr leaves out on purpose (labels of the fill value's class): nothing to say
     if mode == "error" or by_daskfeed:
         why = f"{', '.join(by_daskfeed)} written by daskfeed ingest, which writes every chunk" if by_daskfeed else ""
         raise StoreError(

@@ -70,6 +70,50 @@ def test_fill_serves_chunks_left_out_for_being_empty_without_a_word(tmp_path):
         daskfeed.Loader(arrays["x"], batch_size=500, seed=0)
 
 
+def sorted_label_store(path):
+    """As zarr's defaults write a store sorted by label: 20,000 images and labels (class c in samples
+    2000c..2000c+1999), chunks of 1,000; zarr leaves out label chunks 0 and 1, all class 0 (the fill value)."""
+    import zarr
+
+    rng = np.random.default_rng(0)
+    group = zarr.open_group(str(path), mode="w")
+    group.create_array("x", data=rng.integers(1, 256, (20_000, 4, 4), dtype="u1"), chunks=(1000, 4, 4))
+    group.create_array("y", data=np.repeat(np.arange(10), 2000), chunks=(1000,))
+    assert sorted(os.listdir(path / "y" / "c"), key=int) == [str(c) for c in range(2, 20)]
+    return str(path)
+
+
+def test_label_chunks_zarr_leaves_out_for_holding_the_fill_value_are_not_called_damage(tmp_path):
+    store = sorted_label_store(tmp_path / "sorted.zarr")
+    arrays = daskfeed.open_zarr(store)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        loader = daskfeed.Loader(arrays["x"], arrays["y"], batch_size=500, seed=0)
+        labels = np.concatenate([y for _, y in loader])
+    assert np.array_equal(np.bincount(labels), [2000] * 10)
+    assert main(["info", "--verify", store]) == 1  # listed all the same, for whoever asks
+    with pytest.raises(daskfeed.StoreError, match="y: 2 of 20 chunks missing"):
+        daskfeed.Loader(arrays["x"], arrays["y"], batch_size=500, seed=0, missing_chunks="error")
+
+
+@pytest.mark.parametrize(
+    "lost",
+    [
+        ["x/c/7/0/0"],  # an image chunk: images are the heaviest array
+        ["y/c/7", "y/c/8", "y/c/9"],  # the last label chunks in the order cp, rsync and uploads copy keys
+        ["y/c/18", "y/c/19"],  # the last label chunks in chunk order: a writer stopped before the end
+    ],
+)
+def test_chunks_lost_as_a_halfway_copy_loses_them_are_still_warned_about(tmp_path, lost):
+    store = sorted_label_store(tmp_path / "sorted.zarr")
+    for key in lost:
+        os.remove(os.path.join(store, *key.split("/")))
+    arrays = daskfeed.open_zarr(store)
+    with pytest.warns(daskfeed.DaskfeedWarning, match="chunks missing from the store") as caught:
+        daskfeed.Loader(arrays["x"], arrays["y"], batch_size=500, seed=0)
+    assert f"{lost[0][0]}: " in str(caught[0].message)
+
+
 def test_a_store_daskfeed_ingest_wrote_has_every_chunk_and_a_checksum(tmp_path):
     """ingest writes all-zero chunks too and a crc32c: a missing chunk is an error even by default, and a
     flipped byte is a ChunkReadError, never zeros or garbage."""
