@@ -13,9 +13,10 @@ from dask.utils import format_bytes
 
 from daskfeed.inputs import TENSOR_KINDS, open_zarr_node, rewrite_command, written_shuffled
 from daskfeed.integrity import damage, find_missing
-from daskfeed.layout import ArraySpec, Layout, choose_layout
+from daskfeed.layout import ArraySpec, Layout, choose_layout, decode_limit
 from daskfeed.loader import WARN_AMPLIFICATION
 from daskfeed.options import DEFAULT_MEMORY_BUDGET, LoaderOptions, parse_bytes
+from daskfeed.prefetch import DEFAULT_CONCURRENCY, usable_cores
 
 __all__ = ["ArrayInfo", "StoreInfo", "info"]
 
@@ -345,6 +346,10 @@ def _layout_warnings(row: list[tuple[str, Any]], layout: Layout, batch_size: int
             f"chunks are small ({chunk_len} samples = {format_bytes(chunk_bytes)} decoded over all arrays): "
             "per-read overhead will dominate decoding. Aim for 1-16 MiB (daskfeed ingest picks ~4 MiB)"
         )
+    chunks = [(name, np.dtype(arr.dtype).itemsize * math.prod(arr.chunks)) for name, arr in row]
+    limit = decode_limit(chunks, budget, usable_cores(), DEFAULT_CONCURRENCY).warning()
+    if limit is not None:
+        warnings.append(f"{limit} {_rewrite(row, where)}")
     if layout.amplification > WARN_AMPLIFICATION:
         warnings.append(
             f"at memory_budget={format_bytes(budget)} the loader decodes {layout.amplification:.1f}x the data it "

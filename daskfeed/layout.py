@@ -15,14 +15,17 @@ from daskfeed.options import LoaderOptions
 from daskfeed.plan import PlanConfig, shard_chunks
 
 __all__ = [
+    "DECODE_SHARE",
     "HELD_FRACTION",
     "MAX_AUTO_READS",
     "MEMORY_CHUNK_BYTES",
     "MIX_TARGET",
     "SLOTS",
     "ArraySpec",
+    "DecodeLimit",
     "Layout",
     "choose_layout",
+    "decode_limit",
 ]
 
 #: Windows the loader holds at once: the one being served and two being filled ahead of it.
@@ -37,6 +40,10 @@ HELD_FRACTION = 0.05
 MEMORY_CHUNK_BYTES = 4 * 2**20
 #: Bytes of one entry of a serving order (a window's index arrays).
 INDEX_BYTES = np.dtype(np.intp).itemsize
+#: Chunks being decoded may take up to this share of the budget on top of it (always one chunk at least).
+DECODE_SHARE = 0.25
+#: A chunk being decoded holds its decoded bytes and, until then, its stored bytes: at most about twice.
+DECODE_COPIES = 2
 
 
 @dataclass(frozen=True, eq=False)
@@ -325,3 +332,51 @@ def _too_small(s: _Setting, options: LoaderOptions, mixed: bool) -> MemoryBudget
         "bytes). Raise memory_budget, lower batch_size, or store smaller chunks.",
         smallest=works,
     )
+
+
+@dataclass(frozen=True)
+class DecodeLimit:
+    """How many chunks a loader decodes at once, so that chunks being decoded stay within :data:`DECODE_SHARE`
+    of the budget, on top of it: the decoded data the loader holds is bounded by the budget, and this bounds
+    the rest."""
+
+    #: The array whose chunks decode to the most bytes, and that size.
+    array: str | None
+    chunk_bytes: int
+    #: Chunks decoded at once (reading threads), and chunk requests in flight to a store that is not local.
+    threads: int
+    in_flight: int
+    budget: int
+
+    @property
+    def transient_bytes(self) -> int:
+        """The most that chunks being decoded take at once, beyond the budget."""
+        return DECODE_COPIES * self.chunk_bytes * self.threads
+
+    @property
+    def smallest_budget(self) -> int:
+        """The budget that holds one chunk being decoded within its share."""
+        return math.ceil(DECODE_COPIES * self.chunk_bytes / DECODE_SHARE)
+
+    def warning(self) -> str | None:
+        """A sentence when even one chunk being decoded takes more than its share of the budget, else None."""
+        if self.transient_bytes <= DECODE_SHARE * self.budget:
+            return None
+        return (
+            f"one chunk of {self.array} decodes to {format_bytes(self.chunk_bytes)}, and while it is decoded it "
+            f"takes up to {format_bytes(DECODE_COPIES * self.chunk_bytes)} (its stored bytes too): at "
+            f"memory_budget={format_bytes(self.budget)} the loader decodes one chunk at a time and still uses up to "
+            f"{format_bytes(self.transient_bytes)} beyond the budget for it. A budget of "
+            f"{format_bytes(self.smallest_budget)} or more keeps chunks being decoded within a quarter of it; or "
+            "store smaller chunks."
+        )
+
+
+def decode_limit(chunks: Sequence[tuple[str, int]], budget: int, cores: int, concurrency: int) -> DecodeLimit:
+    """The :class:`DecodeLimit` for arrays whose largest chunks decode to ``chunks`` ``(name, bytes)``: one
+    chunk per core, fewer where they would take more than :data:`DECODE_SHARE` of ``budget``, one at least;
+    requests in flight (``concurrency``) likewise, never fewer than the threads."""
+    name, size = max(chunks, key=lambda c: c[1], default=(None, 0))
+    fit = int(DECODE_SHARE * budget) // max(1, DECODE_COPIES * size)
+    threads = max(1, min(cores, fit))
+    return DecodeLimit(name, int(size), threads, max(threads, min(concurrency, fit)), budget)

@@ -20,12 +20,12 @@ from daskfeed.errors import DaskfeedError, InputError, InputTypeError, LayoutWar
 from daskfeed.inputs import Inputs, normalize_inputs, rewrite_hint, zarr_behind
 from daskfeed.integrity import StoreWatch, check_missing
 from daskfeed.interrupts import Interrupts
-from daskfeed.layout import Layout, choose_layout
+from daskfeed.layout import DecodeLimit, Layout, choose_layout, decode_limit
 from daskfeed.options import LoaderOptions, check_int, parse_loader_options
 from daskfeed.plan import EpochPlan, PlanConfig
-from daskfeed.prefetch import Scheduler
+from daskfeed.prefetch import Scheduler, usable_cores
 from daskfeed.state import check_state, fingerprint, make_state
-from daskfeed.windows import WindowMaker
+from daskfeed.windows import WindowMaker, decoded_at_once
 
 __all__ = ["Loader"]
 
@@ -100,11 +100,21 @@ class Loader:
         mixed = self.inputs.written_shuffled()
         self.layout: Layout = choose_layout(self.inputs.leaves, self.inputs.n_samples, self.options, mixed=mixed)
         self.config: PlanConfig = self.layout.plan_config(self.options)
+        # Chunks being decoded stay within a share of the budget (beyond it): fewer at once where chunks are large.
+        self.decode_limit: DecodeLimit = decode_limit(
+            [(leaf.name, decoded_at_once(leaf.array)) for leaf in self.inputs.leaves if leaf.lazy],
+            self.options.memory_budget,
+            usable_cores(),
+            self.options.concurrency,
+        )
         self._scheduler = Scheduler(
             self.options.scheduler,
             no_workers_timeout=self.options.no_workers_timeout,
-            concurrency=self.options.concurrency,
+            concurrency=self.decode_limit.in_flight,
+            threads=self.decode_limit.threads,
         )
+        if self.decode_limit.warning() is not None:
+            warn(f"{self.decode_limit.warning()} {rewrite_hint(self.inputs)}", LayoutWarning)
         leaves = self.inputs.leaves
         zarrs = [(leaf.name, z) for leaf in leaves if leaf.lazy and (z := zarr_behind(leaf.array)) is not None]
         check_missing(zarrs, self.options.missing_chunks)

@@ -106,7 +106,13 @@ class Scheduler:
     makes its own threads.
     """
 
-    def __init__(self, scheduler: Any, no_workers_timeout: float = 60.0, concurrency: int = DEFAULT_CONCURRENCY):
+    def __init__(
+        self,
+        scheduler: Any,
+        no_workers_timeout: float = 60.0,
+        concurrency: int = DEFAULT_CONCURRENCY,
+        threads: int | None = None,
+    ):
         import dask.local
         import dask.threaded
         from dask.base import get_scheduler
@@ -123,6 +129,8 @@ class Scheduler:
         self._pid = 0
         self.no_workers_timeout = no_workers_timeout
         self.concurrency = concurrency
+        #: Reading threads (chunks decoded at once): one per usable core unless fewer are asked for.
+        self.threads = threads
         self._limit: asyncio.Semaphore | None = None
         #: Set by :meth:`close`: reads waiting on a cluster stop (and cancel their futures) within a slice.
         self.closed = threading.Event()
@@ -133,7 +141,7 @@ class Scheduler:
     def _threads(self) -> WorkerPool:
         pool = self._pool
         if pool is None or self._pid != os.getpid():  # first use, or a forked child: threads of its own
-            pool = self._pool = WorkerPool(max_threads=usable_cores(), name="daskfeed-read")
+            pool = self._pool = WorkerPool(max_threads=self.threads or usable_cores(), name="daskfeed-read")
             self._limit = None
             self._pid = os.getpid()
         return pool

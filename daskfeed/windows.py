@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from collections.abc import Callable
@@ -12,13 +13,13 @@ from typing import Any
 import numpy as np
 
 from daskfeed import heap
-from daskfeed.inputs import Inputs
+from daskfeed.inputs import Inputs, zarr_behind
 from daskfeed.integrity import StoreWatch
 from daskfeed.layout import Layout
 from daskfeed.plan import EpochPlan
 from daskfeed.prefetch import BlockSource, ReadJob, Scheduler, UnitRead, read_blocks
 
-__all__ = ["Once", "Window", "WindowMaker"]
+__all__ = ["Once", "Window", "WindowMaker", "decoded_at_once"]
 
 
 @dataclass(eq=False)
@@ -201,6 +202,13 @@ class WindowMaker:
 
         self._once.run(load)
         return decoded
+
+
+def decoded_at_once(array: Any) -> int:
+    """Decoded bytes of the largest chunk (zarr's) or block (dask's) read at once from a lazy array."""
+    z = zarr_behind(array)
+    shape = tuple(z.chunks) if z is not None else tuple(max(c, default=0) for c in array.chunks)
+    return int(np.dtype(array.dtype).itemsize * math.prod(shape))
 
 
 def _contiguous(rows: np.ndarray) -> np.ndarray | slice:

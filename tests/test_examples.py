@@ -129,3 +129,12 @@ def test_soak_benchmark_quick(tmp_path, capsys):
     dropped = report["dropped"]
     assert len(dropped["loaders"]) == 6 and dropped["loaders_alive_at_end"] == 0  # every dropped loader was freed
     assert "| as_dataset |" in capsys.readouterr().out
+
+
+def test_memory_benchmark_quick(tmp_path, capsys):
+    """Peak RSS per budget on a store of large chunks, each epoch in a fresh process: the numbers are there."""
+    memory = load("benchmarks/memory.py")
+    report = memory.main(["--quick", "--store", str(tmp_path / "m.zarr"), "--out", str(tmp_path / "results")])
+    for run in report["runs"].values():
+        assert run["served"] == 20_000 and run["peak_above_base"] > 0 and run["threads"] == 1
+    assert "| memory_budget |" in capsys.readouterr().out

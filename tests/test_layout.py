@@ -122,3 +122,23 @@ def test_arrays_in_memory_are_never_counted_and_never_decoded():
     chosen = layout([memory], n, memory_budget="10MB")
     assert chosen.unit_array is None and chosen.resident and chosen.decoded_per_epoch == 0
     assert chosen.n_units >= 2  # cut into ~4 MiB units, so shard= works on numpy too
+
+
+def test_chunks_decoded_at_once_stay_within_a_quarter_of_the_budget():
+    from daskfeed.layout import decode_limit
+
+    mib = 2**20
+    small = decode_limit([("x", 3 * mib), ("y", 8192)], 2**30, cores=16, concurrency=32)
+    assert (small.threads, small.in_flight, small.warning()) == (16, 32, None)  # 16 x 2 x 3 MiB < 256 MiB
+    # dask's default chunks (128 MiB) at 1 GiB: one at a time, within the quarter, no word.
+    dask_default = decode_limit([("x", 128 * mib)], 2**30, cores=16, concurrency=32)
+    assert (dask_default.threads, dask_default.in_flight, dask_default.warning()) == (1, 1, None)
+    assert dask_default.transient_bytes <= 2**30 // 4
+    # ...at 64 MB even one is too many: decoded one at a time, and a warning says what it costs and what fits.
+    tight = decode_limit([("y", 8192), ("x", 128 * mib)], 64 * 10**6, cores=16, concurrency=32)
+    assert (tight.threads, tight.in_flight) == (1, 1)
+    message = tight.warning()
+    assert "one chunk of x decodes to 128.00 MiB" in message and "up to 256.00 MiB beyond the budget" in message
+    assert "A budget of 1.00 GiB or more" in message and tight.smallest_budget == 2**30
+    between = decode_limit([("x", 8 * mib)], 2**30, cores=64, concurrency=32)
+    assert between.threads == 16 and between.transient_bytes == 2**30 // 4  # 16 x 2 x 8 MiB

@@ -558,3 +558,31 @@ def test_a_dropped_loader_is_freed_with_its_windows_and_threads(xy_store, use):
     gc.collect()
     assert dropped() is None
     assert join_daskfeed_threads() == []
+
+
+def test_large_chunks_are_decoded_one_at_a_time_and_the_loader_says_what_they_cost(tmp_path):
+    """Chunks of 2 MB (decoded) at an 8 MB budget: decoding two at once would take half the budget beyond it."""
+    from conftest import daskfeed_threads
+
+    n = 16_000
+    x = np.repeat(np.arange(n, dtype="f4")[:, None], 256, axis=1)  # 1 KiB a sample, 2 MiB a chunk
+    store = write_store(tmp_path / "big.zarr", {"x": x, "y": np.arange(n)}, {"x": 2000, "y": n})
+    arrays = daskfeed.open_zarr(store)
+    with pytest.warns(daskfeed.LayoutWarning, match=r"one chunk of x decodes to 1.95 MiB.*A budget of 15.62 MiB"):
+        loader = daskfeed.Loader(
+            arrays["x"], arrays["y"], batch_size=500, seed=0, memory_budget="8MB", reads_per_chunk=1
+        )
+    assert loader.decode_limit.threads == 1
+    most, rows = 0, []
+    with loader:
+        for x_batch, y_batch in loader:
+            np.testing.assert_array_equal(x_batch[:, 0], y_batch)
+            rows.append(y_batch)
+            most = max(most, sum(t.name.startswith("daskfeed-read") for t in daskfeed_threads()))
+    assert most == 1 and np.array_equal(np.sort(np.concatenate(rows)), np.arange(n))
+    with warnings.catch_warnings():  # at a budget that holds them, no word, and every core reads
+        warnings.simplefilter("error", daskfeed.LayoutWarning)
+        daskfeed.Loader(arrays["x"], arrays["y"], batch_size=500, seed=0, memory_budget="16MiB", reads_per_chunk=1)
+    report = daskfeed.info(store, memory_budget="8MB")  # daskfeed info says the same
+    assert any("one chunk of x decodes to 1.95 MiB" in w for w in report.warnings)
+    assert not any("decodes to" in w for w in daskfeed.info(store, memory_budget="16MiB").warnings)
