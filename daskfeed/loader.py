@@ -30,6 +30,8 @@ from daskfeed.windows import WindowMaker, decoded_at_once
 __all__ = ["Loader"]
 
 _iter_ids = itertools.count()
+#: Guards the check that a loader is iterated by one loop at a time.
+_ITERATING = threading.Lock()
 #: Above this decode amplification the loader warns, with the command that rewrites the store.
 WARN_AMPLIFICATION = 2.0
 
@@ -131,6 +133,7 @@ class Loader:
         self._n_batches = first.n_batches
         self._runtime: _Runtime | None = None
         self._closed = False
+        self._iterating = False
         self._final_stats: dict | None = None
         if self.layout.amplification > WARN_AMPLIFICATION and self.options.reads_per_chunk == "auto":
             warn(
@@ -245,8 +248,24 @@ class Loader:
         cutting batches overlaps the caller's training step; it ends with the loop, or when the loop is left.
         Batches cut in one run are views of one array each (never of the loader's windows).
         A loop left early keeps its place: the next loop goes on from the batch after the last one it served
-        (:meth:`state` and :meth:`restore` carry that place across processes).
+        (:meth:`state` and :meth:`restore` carry that place across processes). One loop at a time: a second
+        loop while one runs (in another thread, or nested) raises :class:`daskfeed.DaskfeedError`.
         """
+        with _ITERATING:
+            if self._iterating:
+                raise DaskfeedError(
+                    "this loader is already being iterated (by another thread, or a loop not yet finished); two "
+                    "loops over one loader would each serve the whole epoch. Share one loop, ask batches with "
+                    "loader.batch(i) from several threads (each index once per epoch), or give each consumer a "
+                    "loader of its own (shard=(i, n) splits the epoch between them)"
+                )
+            self._iterating = True
+        try:
+            yield from self._iterate()
+        finally:
+            self._iterating = False
+
+    def _iterate(self) -> Iterator[Any]:
         epoch, first = self._epoch, self._next_batch
         plan, per = self.plan(epoch), self.BATCHES_PER_RUN
 
@@ -304,6 +323,7 @@ class Loader:
     def __getstate__(self) -> dict:
         state = self.__dict__.copy()
         state["_runtime"] = None  # threads, locks and windows stay behind; rebuilt on first use
+        state["_iterating"] = False  # a loop in this process is not one in the copy
         return state
 
     def __repr__(self) -> str:

@@ -586,3 +586,16 @@ def test_large_chunks_are_decoded_one_at_a_time_and_the_loader_says_what_they_co
     report = daskfeed.info(store, memory_budget="8MB")  # daskfeed info says the same
     assert any("one chunk of x decodes to 1.95 MiB" in w for w in report.warnings)
     assert not any("decodes to" in w for w in daskfeed.info(store, memory_budget="16MiB").warnings)
+
+
+def test_two_loops_over_one_loader_at_once_are_refused_not_served_twice(xy_store):
+    arrays = daskfeed.open_zarr(xy_store)
+    with daskfeed.Loader(arrays["x"], arrays["y"], batch_size=10, seed=0, memory_budget="5KB") as loader:
+        first = iter(loader)
+        next(first)
+        with pytest.raises(daskfeed.DaskfeedError, match="already being iterated.*loader.batch"):
+            next(iter(loader))  # nested, or from another thread: each would serve the whole epoch
+        with ThreadPoolExecutor(1) as pool, pytest.raises(daskfeed.DaskfeedError, match="already being iterated"):
+            pool.submit(lambda: next(iter(loader))).result()
+        assert 10 + sum(len(y) for _, y in first) == 1003  # the first loop goes on, untouched
+        assert sum(len(y) for _, y in loader) == 1003  # once it is done, the next loop serves the next epoch
