@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import errno
 import functools
 import glob
 import json
 import math
 import os
+import re
 import shutil
+import signal
 import sys
 import threading
 import time
+import uuid
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from typing import Any
@@ -25,7 +30,7 @@ from daskfeed._sources import (
     SourceSet,
     _NpyPart,  # noqa: F401  (tests patch its reads)
 )
-from daskfeed.errors import InputError, InputTypeError
+from daskfeed.errors import DaskfeedError, DaskfeedWarning, DiskFullError, InputError, InputTypeError, warn
 from daskfeed.options import parse_bytes
 
 __all__ = [
@@ -38,6 +43,7 @@ __all__ = [
     "ingest",
     "partial_path",
     "permutation",
+    "stopped_message",
 ]
 
 #: Decoded bytes per chunk (all arrays of a sample together) when the chunk length is not given: a 1 GiB
@@ -46,12 +52,41 @@ DEFAULT_CHUNK_BYTES = 4 * 2**20
 #: Memory that ``shuffle=True`` may use to place one bucket of samples (it holds two copies of a bucket).
 DEFAULT_INGEST_MEMORY = 1 * 2**30
 COMPRESSIONS = ("zstd", "lz4", "none")
-_MANIFEST_VERSION = 2
+_MANIFEST_VERSION = 3
+
+#: Test hook: ``DASKFEED_TEST_KILL_AFTER=<step>`` makes the process SIGKILL itself right after that step, as
+#: ``kill -9`` or a crash would, so that tests can stop a real ingest at each instant that matters. Steps, in order:
+#:
+#: - ``chunk N``: in source order, chunk row N is written and journaled;
+#: - ``scattered``: with shuffle, every sample is in its bucket file; ``bucket N``: bucket N is in the store
+#:   and journaled (its files not yet removed);
+#: - ``attrs``: every array and the store carry their attributes and the commit id; not yet complete;
+#: - ``complete``: zarr's temporary files are gone and the manifest records the commit id: the store in the
+#:   work folder is complete, and a rerun only renames it;
+#: - ``old-moved``: the existing DEST is renamed to ``DEST.daskfeed-old`` (only when DEST existed);
+#: - ``store-moved``: the new store is renamed to DEST;
+#: - ``old-removing``: part of ``DEST.daskfeed-old`` is deleted (its first entry); ``old-removed``: all of it;
+#: - ``partial-removing``: the work folder holds only its manifest (its last file: deleting it ends the ingest).
+KILL_AFTER_ENV = "DASKFEED_TEST_KILL_AFTER"
+#: What zarr's LocalStore names a chunk or metadata file while writing it (``c/0/0.<uuid4 hex>.partial``, renamed
+#: when written). A write stopped by a kill, or by Ctrl-C in zarr's thread, leaves it behind.
+_ZARR_TEMPORARY = re.compile(r"\.[0-9a-f]{32}\.partial$")
+
+
+def _step(name: str) -> None:
+    """Mark an instant of the ingest for the test hook (see ``KILL_AFTER_ENV``)."""
+    if os.environ.get(KILL_AFTER_ENV) == name:
+        os.kill(os.getpid(), getattr(signal, "SIGKILL", signal.SIGTERM))
 
 
 def partial_path(dest: str | os.PathLike) -> str:
     """Where an unfinished ingest into ``dest`` keeps its work: beside ``dest``, never looking like a store."""
     return os.fspath(dest).rstrip("/\\") + ".daskfeed-partial"
+
+
+def _old_path(dest: str) -> str:
+    """Where the store that ``dest`` held waits between the two renames of a commit (and until it is deleted)."""
+    return dest + ".daskfeed-old"
 
 
 # -- shuffling out of core ------------------------------------------------------------------------------------
@@ -156,6 +191,14 @@ class IngestReport:
         Size of the data, decoded and as stored.
     seconds : float
         Wall time of this call.
+    class_names : list of str, optional
+        The class of each label, for a folder of images.
+    commit : str, optional
+        The id of this store (a uuid4 hex), also in its attributes (``attrs["daskfeed"]["commit"]``): a store
+        written again gets a new one.
+    notes : tuple of str
+        What this call found left by an interrupted earlier call and did about it (resumed with its drawn seed,
+        finished its commit, ...).
     """
 
     store: str
@@ -171,6 +214,8 @@ class IngestReport:
     stored_bytes: int
     seconds: float
     class_names: list[str] | None = None
+    commit: str | None = None
+    notes: tuple[str, ...] = ()
 
     def __str__(self) -> str:
         order = f"shuffled (seed {self.seed})" if self.shuffled else "in source order"
@@ -185,7 +230,7 @@ class IngestReport:
             lines.append(f"  {name}: {shape} {dtype}")
         if self.class_names is not None:
             lines.append(f"  class_names: {self.class_names}")
-        return "\n".join(lines)
+        return "\n".join([*self.notes, *lines])
 
 
 def _compressors(compression: str) -> list[Any]:
@@ -276,67 +321,194 @@ class _Journal:
     def __init__(self, path: str):
         self.lock = threading.Lock()
         self.done: set[str] = set()
+        torn = False
         if os.path.exists(path):
             with open(path) as f:
-                self.done = {line.strip() for line in f if line.endswith("\n")}  # a torn last line is not done
-        self._file = open(path, "a")  # noqa: SIM115  closed in close()
+                lines = f.readlines()
+            self.done = {line.strip() for line in lines if line.endswith("\n")}  # a torn last line is not done
+            torn = bool(lines) and not lines[-1].endswith("\n")
+        # One write per line, unbuffered: a line is on disk once mark() returns (a kill cannot lose it).
+        self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        if torn:
+            os.write(self._fd, b"\n")  # so that the torn line cannot run into the next step's
 
     def mark(self, step: str) -> None:
         with self.lock:
-            self._file.write(step + "\n")
-            self._file.flush()
+            line = (step + "\n").encode()
+            while line:  # a short write is followed by a write that raises (ENOSPC), or by the rest
+                line = line[os.write(self._fd, line) :]
             self.done.add(step)
+        _step(step)
 
     def close(self) -> None:
-        self._file.close()
+        with self.lock:
+            if self._fd >= 0:
+                os.close(self._fd)
+                self._fd = -1
+
+
+def _commit_of(store: str) -> str | None:
+    """The commit id an ingest wrote into the root attributes of ``store``, or None (no store, or not ours)."""
+    try:
+        with open(os.path.join(store, "zarr.json")) as f:
+            commit = json.load(f)["attributes"]["daskfeed"]["commit"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return commit if isinstance(commit, str) else None
+
+
+def _remove_tree(path: str, step: str | None = None) -> None:
+    """Delete a folder (or file) as far as possible; ``step`` marks the instant after its first entry went."""
+    if os.path.isdir(path) and not os.path.islink(path):
+        if step is not None:
+            first = None
+            with contextlib.suppress(OSError), os.scandir(path) as entries:
+                first = next(entries, None)
+            if first is not None:
+                _remove_tree(first.path)
+                _step(step)
+        shutil.rmtree(path, ignore_errors=True)
+    elif os.path.lexists(path):
+        with contextlib.suppress(OSError):
+            os.remove(path)
+
+
+def _same_work(a: dict, b: dict) -> bool:
+    """Whether two manifests describe the same store from the same sources (as read now): a rerun resumes."""
+    return all(a.get(k) == b.get(k) for k in ("version", "arrays", "options"))
+
+
+def _same_command(a: dict, b: dict, *, but_seed: bool = False) -> bool:
+    """Whether two manifests come from the same command: the same options and sources, where a source inside
+    DEST counts by its path only (the commit that replaced DEST changed it: ``ingest S S --shuffle``)."""
+    options = [dict(m.get("options") or {}) for m in (a, b)]
+    if but_seed:
+        for o in options:
+            o.pop("seed", None)
+    return a.get("version") == b.get("version") and a.get("command") == b.get("command") and options[0] == options[1]
 
 
 class _WorkFolder:
     """``DEST.daskfeed-partial``: the store being built, its manifest and journal, the buckets of a shuffle.
 
-    :meth:`commit` renames the finished store to ``dest`` (an old ``dest`` goes only after that) and removes
-    the folder, so a store at ``dest`` is always complete.
+    The manifest says what is being built; once every chunk and attribute is written, it also records the
+    commit id written into the store's attributes (step ``complete``). :meth:`commit` then renames DEST (if
+    any) to ``DEST.daskfeed-old``, the new store to DEST, and deletes the old store and this folder, the
+    manifest last. DEST only ever holds a complete store, the old one or the new one, and wherever the process
+    stops, :meth:`recover` and :meth:`finished` tell from what is on disk how far the commit got.
     """
 
     def __init__(self, dest: str):
         self.dest = dest
         self.path = partial_path(dest)
+        self.old = _old_path(dest)
         self.store = os.path.join(self.path, "store.zarr")
         self.buckets = os.path.join(self.path, "buckets")
+        self.manifest_path = os.path.join(self.path, "manifest.json")
 
-    def prepare(self, manifest: dict) -> bool:
-        """Make or reuse the folder; True when it starts afresh (no earlier run with the same manifest)."""
-        path = os.path.join(self.path, "manifest.json")
-        if os.path.exists(path):
-            with open(path) as f:
-                try:
-                    same = json.load(f) == json.loads(json.dumps(manifest))
-                except ValueError:
-                    same = False
-            if same:
-                return False
-            shutil.rmtree(self.path)
-        elif os.path.exists(self.path):
-            shutil.rmtree(self.path)
-        os.makedirs(self.path)
-        with open(path + ".tmp", "w") as f:
+    def manifest(self) -> dict | None:
+        try:
+            with open(self.manifest_path) as f:
+                manifest = json.load(f)
+        except (OSError, ValueError):
+            return None
+        return manifest if isinstance(manifest, dict) else None
+
+    def _write_manifest(self, manifest: dict) -> None:
+        with open(self.manifest_path + ".tmp", "w") as f:
             json.dump(manifest, f)
-        os.replace(path + ".tmp", path)
+        os.replace(self.manifest_path + ".tmp", self.manifest_path)
+
+    def waiting(self) -> str | None:
+        """The commit id of a complete new store waiting in this folder, else None."""
+        commit = (self.manifest() or {}).get("commit")
+        return commit if commit is not None and _commit_of(self.store) == commit else None
+
+    def recover(self) -> list[str]:
+        """Undo what an interrupted commit left half done, whatever command runs now; notes of what it did.
+
+        DEST missing with ``DEST.daskfeed-old`` there means a commit was stopped between its renames: the new
+        store goes in if it is complete and waiting here, else the old one goes back. With DEST there (always
+        complete), ``DEST.daskfeed-old`` is a leftover and goes. The only complete copy is never deleted.
+        """
+        notes = []
+        if not os.path.lexists(self.dest) and os.path.lexists(self.old):
+            if self.waiting() is not None:
+                os.replace(self.store, self.dest)
+                notes.append(f"finished an interrupted ingest: its complete new store is now at {self.dest!r}")
+            else:
+                os.replace(self.old, self.dest)
+                warn(
+                    f"put the old store back at {self.dest!r}: an interrupted ingest had moved it to "
+                    f"{self.old!r} and left no complete new store",
+                    DaskfeedWarning,
+                )
+        if os.path.lexists(self.dest) and os.path.lexists(self.old):
+            _remove_tree(self.old)
+        return notes
+
+    def finished(self) -> str | None:
+        """The commit id of the store at DEST when the commit that put it there was stopped before this folder
+        was deleted, else None. Checked against DEST itself, never taken from the manifest alone."""
+        commit = (self.manifest() or {}).get("commit")
+        if commit is not None and not os.path.lexists(self.store) and _commit_of(self.dest) == commit:
+            return commit
+        return None
+
+    def prepare(self, manifest: dict, *, restart: bool = False) -> bool:
+        """Make or reuse the folder; True when it starts afresh: no earlier run of the same work, or one whose
+        store is gone (a journal without its store cannot be trusted)."""
+        earlier = None if restart else self.manifest()
+        started = os.path.exists(os.path.join(self.store, "zarr.json"))
+        if earlier is not None and started and _same_work(earlier, manifest):
+            commit = earlier.get("commit")  # a store recorded complete must be the one here
+            if commit is None or _commit_of(self.store) == commit:
+                return False
+        if os.path.isdir(self.path):
+            # The manifest first: stopped halfway, a folder without it is never resumed (its journal would claim
+            # chunks already deleted); then all the rest, or an error.
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(self.manifest_path)
+            shutil.rmtree(self.path)
+        elif os.path.lexists(self.path):
+            os.remove(self.path)
+        os.makedirs(self.path)
+        self._write_manifest(manifest)
         return True
+
+    def mark_complete(self, manifest: dict, commit: str) -> None:
+        """Record that the store here is complete, with the commit id its attributes carry."""
+        self._write_manifest({**manifest, "commit": commit})
+        _step("complete")
 
     def journal(self) -> _Journal:
         return _Journal(os.path.join(self.path, "journal"))
 
     def commit(self) -> None:
-        old = None
-        if os.path.exists(self.dest):
-            old = self.dest + ".daskfeed-old"
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(self.dest, old)
+        """Put the complete store at DEST; an existing DEST moves aside first and is deleted only after."""
+        if os.path.lexists(self.dest):
+            _remove_tree(self.old)  # a leftover (recover() removes it first): DEST is complete
+            os.replace(self.dest, self.old)
+            _step("old-moved")
         os.replace(self.store, self.dest)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-        shutil.rmtree(self.path, ignore_errors=True)
+        _step("store-moved")
+        self.finish()
+
+    def finish(self) -> None:
+        """The tail of a commit, once DEST holds the new store: delete the old store, then this folder."""
+        if os.path.lexists(self.old):
+            _remove_tree(self.old, "old-removing")
+            _step("old-removed")
+        self.remove()
+
+    def remove(self) -> None:
+        """Delete this folder, its manifest last: until then a rerun can tell what the folder was."""
+        with contextlib.suppress(OSError), os.scandir(self.path) as entries:
+            for entry in list(entries):
+                if entry.name != "manifest.json":
+                    _remove_tree(entry.path)
+        _step("partial-removing")
+        _remove_tree(self.path)
 
 
 @dataclass
@@ -496,13 +668,20 @@ def _write_shuffled(job: _Job) -> int:
     return _place(job, bucket)
 
 
-def _open_target(path: str, sources: SourceSet, length: int, compression: str, fresh: bool) -> Any:
+def _open_existing(path: str, sources: SourceSet) -> Any:
+    """The store an interrupted run was writing, or None when it cannot be resumed (gone, or not all arrays)."""
     import zarr
 
-    if not fresh and os.path.exists(os.path.join(path, "zarr.json")):
+    try:
         root = zarr.open_group(path, mode="r+")
-        if all(a.name in root for a in sources.arrays):
-            return root
+        return root if all(a.name in root for a in sources.arrays) else None
+    except Exception:  # zarr raises several kinds for a store it cannot read; then start afresh
+        return None
+
+
+def _create_target(path: str, sources: SourceSet, length: int, compression: str) -> Any:
+    import zarr
+
     root = zarr.open_group(path, mode="w")
     for a in sources.arrays:
         root.create_array(
@@ -516,8 +695,20 @@ def _open_target(path: str, sources: SourceSet, length: int, compression: str, f
     return root
 
 
-def _write_attrs(root: Any, job: _Job) -> None:
-    """Mark each array (and the store) with how it was written; ``shuffled`` lets the loader read once."""
+def _remove_zarr_temporaries(store: str) -> int:
+    """Delete the temporary files that zarr's interrupted writes left in ``store``; how many there were."""
+    removed = 0
+    for folder, _dirs, files in os.walk(store):
+        for name in files:
+            if _ZARR_TEMPORARY.search(name):
+                os.remove(os.path.join(folder, name))
+                removed += 1
+    return removed
+
+
+def _write_attrs(root: Any, job: _Job, commit: str) -> None:
+    """Mark each array (and the store) with how it was written; ``shuffled`` lets the loader read once, and
+    ``commit`` (new for every store written) lets it notice a store replaced under it."""
     arrays = job.sources.arrays
     class_names = next((a.attrs["class_names"] for a in arrays if "class_names" in a.attrs), None)
     info = {
@@ -525,26 +716,159 @@ def _write_attrs(root: Any, job: _Job) -> None:
         "seed": job.options.seed,
         "chunk_length": job.length,
         "sources": sorted({p.path for a in arrays for p in a.parts}),
+        "commit": commit,
     }
     for src, target in zip(arrays, job.targets):
         # every_chunk: chunks of fill values are written too, so a missing chunk is damage (integrity.py).
-        target.attrs.update({**src.attrs, "daskfeed": {"shuffled": job.options.shuffle, "every_chunk": True}})
+        mark = {"shuffled": job.options.shuffle, "every_chunk": True, "commit": commit}
+        target.attrs.update({**src.attrs, "daskfeed": mark})
+    # The root last: its commit id says that every array's attributes are written (see _WorkFolder.waiting).
     root.attrs.update({"daskfeed": info, **({"class_names": class_names} if class_names else {})})
+    _step("attrs")
 
 
-def _check_dest(dest: Any, overwrite: bool) -> str:
+def _check_dest(dest: Any) -> str:
     if not isinstance(dest, (str, os.PathLike)) or "://" in os.fspath(dest):
         raise InputError(f"dest must be a local path (the store is renamed into place when complete), got {dest!r}")
     dest = os.fspath(dest).rstrip("/\\")
     parent = os.path.dirname(os.path.abspath(dest))
     if not os.path.isdir(parent):
         raise InputError(f"dest {dest!r}: its folder {parent!r} does not exist; create it first")
-    if os.path.exists(dest) and not overwrite:
+    return dest
+
+
+def _refuse_existing(dest: str, overwrite: bool) -> None:
+    if os.path.lexists(dest) and not overwrite:
         raise InputError(
             f"dest {dest!r} already exists; pass overwrite=True (--overwrite) to replace it once the new store "
             "is complete, or choose another path"
         )
-    return dest
+
+
+# -- a full disk ----------------------------------------------------------------------------------------------
+
+
+def _free_bytes(path: str) -> int:
+    """Free bytes on the disk that holds ``path`` (or its nearest existing parent)."""
+    path = os.path.abspath(path)
+    while not os.path.exists(path) and os.path.dirname(path) != path:
+        path = os.path.dirname(path)
+    try:
+        return shutil.disk_usage(path).free
+    except OSError:
+        return -1
+
+
+def _tree_bytes(path: str) -> int:
+    total = 0
+    for folder, _dirs, files in os.walk(path):
+        for name in files:
+            with contextlib.suppress(OSError):
+                total += os.lstat(os.path.join(folder, name)).st_size
+    return total
+
+
+def _disk_full_errno(err: BaseException, folder: str) -> int | None:
+    """ENOSPC or EDQUOT when ``err`` (or what caused it) says the disk is full, else None.
+
+    numpy's ``tofile`` reports a short write as ``OSError("N requested and M written")`` without an errno: that
+    counts when the disk holding ``folder`` has less than N bytes free.
+    """
+    full = {errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)}
+    seen: set[int] = set()
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        if isinstance(err, OSError):
+            if err.errno in full:
+                return err.errno
+            short = re.search(r"(\d+) requested and (\d+) written", str(err))
+            if err.errno is None and short and 0 <= _free_bytes(folder) < int(short.group(1)):
+                return errno.ENOSPC
+        err = err.__cause__ or err.__context__
+    return None
+
+
+def _disk_full(work: _WorkFolder, sources: SourceSet, options: IngestOptions, code: int) -> DiskFullError:
+    decoded = sources.n_samples * sources.bytes_per_sample
+    buckets = decoded + 8 * sources.n_samples if options.shuffle else 0
+    free, kept = _free_bytes(work.path), _tree_bytes(work.path)
+    parts = f"up to {format_bytes(decoded)} for the store"
+    if buckets:
+        parts = f"{format_bytes(buckets)} for the shuffle's buckets and {parts}"
+    old = (
+        f"; the old store at {work.dest!r} stays until the new one is complete, so both must fit"
+        if os.path.lexists(work.dest)
+        else ""
+    )
+    message = (
+        f"the disk holding {work.path!r} is full ({format_bytes(max(free, 0))} free): this ingest needs up to "
+        f"about {format_bytes(decoded + buckets)} there, {parts} (estimated from the decoded size of the data, "
+        f"{format_bytes(decoded)}; compression usually makes the store smaller){old}. The part done so far "
+        f"({format_bytes(kept)}) is kept in {work.path!r}: free some space and run the same command again to "
+        "finish it, or delete that folder."
+    )
+    return DiskFullError(message, folder=work.path, needed=decoded + buckets, free=free, errno=code)
+
+
+def _settle_zarr(timeout: float = 30.0) -> None:
+    """Let the writes that zarr still has in flight end, before an error is raised.
+
+    A zarr write gathers one task per chunk on zarr's event-loop thread and returns at the first failure,
+    leaving the others pending; if the process then exits, asyncio prints "Task was destroyed but it is
+    pending!" for each (zarr 3.1, seen on a full disk). Best effort: a zarr without this loop is left alone.
+    """
+    import asyncio
+
+    try:
+        from zarr.core.sync import loop, sync
+    except ImportError:
+        return
+    if loop[0] is None or loop[0].is_closed():
+        return
+
+    async def settle() -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            others = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+            if not others:
+                return
+            await asyncio.wait(others, timeout=deadline - time.monotonic())
+
+    with contextlib.suppress(Exception):
+        sync(settle())
+
+
+def stopped_message(dest: str | os.PathLike, why: str | None) -> str | None:
+    """What an ingest into ``dest`` stopped by ``why`` (Ctrl-C, an error) left, and what to do; None if nothing."""
+    work = _WorkFolder(os.fspath(dest).rstrip("/\\"))
+    dest, why = work.dest, why or "stopped"
+    if work.finished() is not None:
+        left = ", ".join(repr(p) for p in (work.old, work.path) if os.path.lexists(p))
+        return (
+            f"daskfeed: {why}: {dest!r} is complete (this run wrote it); the next ingest into it deletes what is "
+            f"left beside it ({left}), or delete that yourself."
+        )
+    if not os.path.lexists(dest) and os.path.lexists(work.old):
+        return (
+            f"daskfeed: {why} while replacing {dest!r}: the old store is in {work.old!r} and the complete new "
+            f"one in {work.path!r}. Run the same command again to finish (any ingest into {dest!r} first puts "
+            "the new store in place)."
+        )
+    if work.waiting() is not None:
+        return (
+            f"daskfeed: {why}: the new store is complete in {work.path!r} but not yet at {dest!r}. Run the same "
+            "command again to put it in place."
+        )
+    if os.path.exists(work.path):
+        manifest = work.manifest() or {}
+        seed = (manifest.get("options") or {}).get("seed")
+        drawn = f" (it goes on with the seed it drew, {seed})" if manifest.get("seed_drawn") else ""
+        kept = " The old store there is untouched." if os.path.lexists(dest) else ""
+        return (
+            f"daskfeed: {why}: {dest!r} was not written; the part done so far is kept in {work.path!r}. "
+            f"Run the same command again to finish it{drawn}, or delete that folder.{kept}"
+        )
+    return None
 
 
 def ingest(
@@ -569,9 +893,10 @@ def ingest(
     chunk boundaries line up and each chunk read yields whole samples. Sources are read in ranges (``.npy``
     and stored ``.npz`` members memory-mapped, compressed members streamed, HDF5 by slices, images one file at
     a time, zarr and dask arrays in runs of their own chunks), so memory stays bounded whatever the size of the
-    input. The store is built in ``DEST.daskfeed-partial`` and renamed to ``dest`` only once complete: an
-    interrupted ingest never leaves a store that looks complete, and calling ``ingest`` again with the same
-    arguments finishes it.
+    input. The store is built in ``DEST.daskfeed-partial`` and renamed to ``dest`` only once complete. Wherever
+    an ingest stops (Ctrl-C, a kill, a crash, a full disk), ``dest`` holds a complete store, the old one or the
+    new one, and calling ``ingest`` again with the same arguments finishes the work (from where it stopped,
+    with the seed it drew) and removes what it left beside ``dest``.
 
     Parameters
     ----------
@@ -596,7 +921,8 @@ def ingest(
         well at ``reads_per_chunk=1``. Done out of core in two passes: samples are scattered into buckets on disk
         beside ``dest`` (needs free disk for one decoded copy), then each bucket is placed in ``memory``.
     seed : int, optional
-        Seed of the permutation; drawn at random (and reported) when not given.
+        Seed of the permutation; drawn at random (and reported) when not given. An interrupted ingest called
+        again without a seed goes on with the one it drew.
     image_size : (height, width), optional
         Resize every image to this size. Without it all images must have the size of the first.
     color_mode : {"rgb", "grayscale", "rgba"}, default "rgb"
@@ -607,7 +933,8 @@ def ingest(
     workers : int, optional
         Threads reading and writing chunks (default: one per core).
     overwrite : bool, default False
-        Replace an existing ``dest`` once the new store is complete. Without it an existing ``dest`` is an error.
+        Replace an existing ``dest`` once the new store is complete (the new store gets a new ``commit`` id in
+        its attributes). Without it an existing ``dest`` is an error.
     progress : bool, default False
         Show a progress bar on standard error (the ``daskfeed ingest`` command shows it).
 
@@ -620,6 +947,9 @@ def ingest(
     InputError
         A source is missing or unreadable, arrays disagree on their length, the files of one array on their
         shape or dtype, ``dest`` exists without ``overwrite``, or a knob is out of range.
+    DiskFullError
+        The disk filled up (also an ``OSError`` with ``errno`` ``ENOSPC``); the message says how much space the
+        ingest needs. The work done so far is kept: free space and call ``ingest`` again to finish.
 
     Examples
     --------
@@ -638,38 +968,122 @@ def ingest(
     started = time.perf_counter()
     given = locals()
     options = IngestOptions(**{f.name: given[f.name] for f in dataclasses.fields(IngestOptions)})
-    dest = _check_dest(dest, options.overwrite)
+    drawn = options.shuffle and seed is None
+    dest = _check_dest(dest)
+    work = _WorkFolder(dest)
+    # Before the sources are opened: DEST may be one of them, and an interrupted commit may have moved it.
+    notes = work.recover()
+    finished = work.finished()
+    if finished is None:
+        _refuse_existing(dest, options.overwrite)
     with SourceSet(sources, options.image_size, options.color_mode) as found:
         length = options.chunk_length_for(found)
-        work = _WorkFolder(dest)
-        fresh = work.prepare(
-            {"version": _MANIFEST_VERSION, "arrays": found.fingerprint(), "options": options.decisive(length)}
-        )
-        journal = work.journal()
+        manifest = _manifest(found, options, length, drawn, dest)
+        earlier = work.manifest()
+        if drawn and earlier and earlier.get("seed_drawn") and _same_command(earlier, manifest, but_seed=True):
+            # The same command, interrupted: it goes on with the seed it drew, not a new one.
+            options = dataclasses.replace(options, seed=earlier["options"]["seed"])
+            manifest = _manifest(found, options, length, drawn, dest)
+            notes.append(f"resuming the interrupted ingest with its drawn seed {options.seed}")
+            if options.progress:
+                print(f"daskfeed: {notes[-1]}", file=sys.stderr, flush=True)
+        report = functools.partial(_report, dest, found, options, length, started)
+        if finished is not None:
+            # A commit was stopped after DEST got its new store: only the old store and the work folder were left.
+            same = earlier is not None and _same_command(earlier, manifest)
+            work.finish()
+            earlier = None
+            if same:
+                return report(0, finished, (*notes, f"{dest!r} was complete already; removed what was left"))
+            _refuse_existing(dest, options.overwrite)
         try:
-            root = _open_target(work.store, found, length, options.compression, fresh)
-            workers = 1 if found.sequential else options.workers
-            block = _block_chunks(found, length, options, workers or os.cpu_count() or 1)
-            targets = [_every_chunk(root, a.name) for a in found.arrays]
-            job = _Job(found, targets, journal, work, options, length, block, workers)
-            written = (_write_shuffled if options.shuffle else _write_in_order)(job)
-            _write_attrs(root, job)
-            stored = sum(t.nbytes_stored() for t in job.targets)
-        finally:
-            journal.close()
-        work.commit()
-        return IngestReport(
-            store=dest,
-            arrays={a.name: (a.shape, str(a.dtype)) for a in found.arrays},
-            samples=found.n_samples,
-            chunk_length=length,
-            shuffled=options.shuffle,
-            seed=options.seed,
-            compression=options.compression,
-            chunks_written=written,
-            chunks_resumed=job.n_chunks - written,
-            decoded_bytes=found.n_samples * found.bytes_per_sample,
-            stored_bytes=stored,
-            seconds=time.perf_counter() - started,
-            class_names=next((a.attrs["class_names"] for a in found.arrays if "class_names" in a.attrs), None),
-        )
+            written, commit, fresh = _build(work, found, options, length, manifest)
+            if fresh and earlier is not None and _same_work(earlier, manifest):
+                notes.append("the store of the interrupted ingest was gone or unreadable: it started afresh")
+            work.commit()
+        except OSError as err:
+            code = None if isinstance(err, DaskfeedError) else _disk_full_errno(err, work.path)
+            _settle_zarr()
+            if code is None:
+                raise
+            raise _disk_full(work, found, options, code) from err
+        return report(written, commit, tuple(notes))
+
+
+def _manifest(sources: SourceSet, options: IngestOptions, length: int, drawn: bool, dest: str) -> dict:
+    """What a work folder builds: a rerun resumes only the same work (sources as read now, options)."""
+    inside = os.path.abspath(dest) + os.sep
+
+    def identity(part: Any) -> list:
+        local = "://" not in part.path and not part.path.startswith("<")
+        if local and (os.path.abspath(part.path) + os.sep).startswith(inside):
+            return [os.path.abspath(part.path), list(part.shape), str(part.dtype)]
+        return part.fingerprint()
+
+    manifest = {
+        "version": _MANIFEST_VERSION,
+        "arrays": sources.fingerprint(),
+        "options": options.decisive(length),
+        "command": {a.name: [identity(p) for p in a.parts] for a in sources.arrays},
+        "seed_drawn": drawn,
+    }
+    return json.loads(json.dumps(manifest))  # as read back from the file: tuples become lists
+
+
+def _build(
+    work: _WorkFolder, found: SourceSet, options: IngestOptions, length: int, manifest: dict
+) -> tuple[int, str, bool]:
+    """Write the store in the work folder, or go on with an interrupted run's, until it is complete and the
+    manifest says so; ``(chunk rows written, commit id, whether it started afresh)``."""
+    fresh = work.prepare(manifest)
+    root = None if fresh else _open_existing(work.store, found)
+    if root is None and not fresh:
+        fresh = work.prepare(manifest, restart=True)
+    if root is None:
+        root = _create_target(work.store, found, length, options.compression)
+    commit = None if fresh else (work.manifest() or {}).get("commit")
+    if commit is not None:  # complete already: only the renames were left
+        return 0, commit, fresh
+    journal = work.journal()
+    try:
+        workers = 1 if found.sequential else options.workers
+        block = _block_chunks(found, length, options, workers or os.cpu_count() or 1)
+        targets = [_every_chunk(root, a.name) for a in found.arrays]
+        job = _Job(found, targets, journal, work, options, length, block, workers)
+        written = (_write_shuffled if options.shuffle else _write_in_order)(job)
+        commit = uuid.uuid4().hex
+        _write_attrs(root, job, commit)
+    finally:
+        journal.close()
+    _remove_zarr_temporaries(work.store)
+    work.mark_complete(manifest, commit)
+    return written, commit, fresh
+
+
+def _report(
+    dest: str,
+    found: SourceSet,
+    options: IngestOptions,
+    length: int,
+    started: float,
+    written: int,
+    commit: str | None,
+    notes: tuple[str, ...],
+) -> IngestReport:
+    return IngestReport(
+        store=dest,
+        arrays={a.name: (a.shape, str(a.dtype)) for a in found.arrays},
+        samples=found.n_samples,
+        chunk_length=length,
+        shuffled=options.shuffle,
+        seed=options.seed,
+        compression=options.compression,
+        chunks_written=written,
+        chunks_resumed=math.ceil(found.n_samples / length) - written,
+        decoded_bytes=found.n_samples * found.bytes_per_sample,
+        stored_bytes=sum(_tree_bytes(os.path.join(dest, a.name)) for a in found.arrays),  # 3x zarr's listing
+        seconds=time.perf_counter() - started,
+        class_names=next((a.attrs["class_names"] for a in found.arrays if "class_names" in a.attrs), None),
+        commit=commit,
+        notes=notes,
+    )

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import functools
 import json
-import os
 import sys
 import warnings
 from dataclasses import asdict
@@ -13,8 +12,8 @@ from typing import Any
 
 from dask.utils import format_bytes
 
-from daskfeed._ingest import COMPRESSIONS, DEFAULT_CHUNK_BYTES, DEFAULT_INGEST_MEMORY, partial_path
-from daskfeed.errors import DaskfeedError, DaskfeedWarning
+from daskfeed._ingest import COMPRESSIONS, DEFAULT_CHUNK_BYTES, DEFAULT_INGEST_MEMORY, stopped_message
+from daskfeed.errors import DaskfeedError, DaskfeedWarning, DiskFullError
 from daskfeed.options import DEFAULT_MEMORY_BUDGET
 
 __all__ = ["main"]
@@ -89,7 +88,11 @@ def _ingest_parser(commands: Any) -> None:
     )
     ingest.add_argument("--compression", choices=COMPRESSIONS, default="zstd", help="default zstd")
     ingest.add_argument("--shuffle", action="store_true", help="write samples in a random permutation")
-    ingest.add_argument("--seed", type=int, help="seed of the --shuffle permutation")
+    ingest.add_argument(
+        "--seed",
+        type=int,
+        help="seed of the --shuffle permutation (default: drawn, printed, and kept by a rerun of an interrupted run)",
+    )
     ingest.add_argument("--image-size", type=int, nargs=2, metavar=("H", "W"), help="resize images to H x W")
     ingest.add_argument("--color-mode", choices=("rgb", "grayscale", "rgba"), default="rgb")
     ingest.add_argument(
@@ -124,6 +127,8 @@ def _ingest(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         _stopped(args.dest, "interrupted")
         return 130
+    except DiskFullError:
+        raise  # its message says what is kept and how to finish
     except DaskfeedError:
         _stopped(args.dest, None)
         raise
@@ -132,13 +137,10 @@ def _ingest(args: argparse.Namespace) -> int:
 
 
 def _stopped(dest: str, why: str | None) -> None:
-    work = partial_path(dest)
-    if os.path.exists(work):
-        print(
-            f"daskfeed: {why or 'stopped'}: {dest!r} was not written; the part done so far is kept in {work!r}. "
-            "Run the same command again to finish it, or delete that folder.",
-            file=sys.stderr,
-        )
+    """Say what a stopped ingest left at ``dest`` and beside it, and how to finish."""
+    message = stopped_message(dest, why)
+    if message is not None:
+        print(message, file=sys.stderr)
 
 
 def _info(args: argparse.Namespace) -> int:

@@ -10,6 +10,7 @@ __all__ = [
     "ChunkReadError",
     "DaskfeedError",
     "DaskfeedWarning",
+    "DiskFullError",
     "InputError",
     "InputTypeError",
     "LayoutWarning",
@@ -94,3 +95,26 @@ def warn(message: str, category: type[DaskfeedWarning]) -> None:
     ):
         frame, level = frame.f_back, level + 1
     warnings.warn(message, category, stacklevel=level)
+
+
+class DiskFullError(DaskfeedError, OSError):
+    """The disk filled up while daskfeed wrote to it; the message names the folder, the space needed, and what
+    is kept. ``errno`` is the cause's (``ENOSPC`` or ``EDQUOT``), so code that checks ``OSError.errno`` still works.
+
+    Attributes
+    ----------
+    folder : str
+        The folder being written (``DEST.daskfeed-partial`` for an ingest); the work done so far is kept there.
+    needed : int
+        Estimated bytes the whole job needs on that disk.
+    free : int
+        Free bytes on that disk when the error was raised.
+    """
+
+    def __init__(self, message: str, *, folder: str, needed: int, free: int, errno: int):
+        super().__init__(message)
+        self.folder, self.needed, self.free = folder, needed, free
+        self.errno, self.strerror, self.filename = errno, os.strerror(errno), folder
+
+    def __str__(self) -> str:
+        return str(self.args[0])
