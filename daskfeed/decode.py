@@ -12,6 +12,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from daskfeed.errors import ChunkReadError, DaskfeedError
+from daskfeed.inputs import store_read_timeout
 
 __all__ = ["ChunkCodec", "ChunkTarget", "read_chunks"]
 
@@ -33,6 +34,10 @@ class ChunkCodec:
 
     :meth:`of` gives None for what it cannot decode this way (sharded arrays, irregular grids, codecs
     without a synchronous decode, object dtypes); those are read through zarr.
+
+    A fetch from a store that is not a local directory may take at most :attr:`read_timeout` seconds, retries
+    of the store's client included: the ``read_timeout`` :func:`daskfeed.open_zarr` was given for the store, or
+    :data:`daskfeed.inputs.DEFAULT_READ_TIMEOUT` for a store opened with zarr directly.
     """
 
     def __init__(self, array: Any):
@@ -51,6 +56,8 @@ class ChunkCodec:
         #: The directory of a plain local store: chunk files are read with ``open`` on the decoding thread.
         self.root = Path(self.store.root) if type(self.store) is LocalStore else None
         self.prototype = default_buffer_prototype()
+        #: Seconds one fetch of a chunk may take (None: no bound), and whether open_zarr's read_timeout set it.
+        self.read_timeout, self.read_timeout_given = store_read_timeout(self.store)
         self.format = meta.zarr_format
         self._encode_key = meta.encode_chunk_key
         if self.format == 3:
@@ -168,9 +175,36 @@ def _place(target: ChunkTarget, chunk: np.ndarray | None) -> None:
 def _fail(target: ChunkTarget, err: BaseException) -> ChunkReadError:
     start, stop = target.samples
     key = target.codec.key(target.coords)
+    hint = f"; {_timeout_knob(target.codec)}" if "timeout" in type(err).__name__.lower() else ""
     return ChunkReadError(
         f"reading array {target.name} chunk {target.block} (samples {start}-{stop - 1}) failed: "
-        f"{type(err).__name__}: {err} (stored chunk {key!r})",
+        f"{type(err).__name__}: {err} (stored chunk {key!r}){hint}",
+        array=target.name,
+        chunk=target.block,
+        samples=target.samples,
+    )
+
+
+def _timeout_knob(codec: ChunkCodec) -> str:
+    """Which knob sets the bound on a chunk fetch, and how to change it."""
+    if codec.read_timeout_given:
+        return (
+            "daskfeed.open_zarr(..., read_timeout=) sets this bound: raise it if big chunks need longer on a slow "
+            "link, None waits forever"
+        )
+    return (
+        "the store was not opened with daskfeed.open_zarr, so the default bound applies "
+        "(daskfeed.inputs.DEFAULT_READ_TIMEOUT); open it with daskfeed.open_zarr(url, read_timeout=...) to change it"
+    )
+
+
+def _timed_out(target: ChunkTarget) -> ChunkReadError:
+    start, stop = target.samples
+    codec = target.codec
+    return ChunkReadError(
+        f"reading array {target.name} chunk {target.block} (samples {start}-{stop - 1}) timed out after "
+        f"{codec.read_timeout:g} s: the store did not deliver stored chunk {codec.key(target.coords)!r} in that "
+        f"time, retries included (read_timeout={codec.read_timeout:g}); {_timeout_knob(codec)}",
         array=target.name,
         chunk=target.block,
         samples=target.samples,
@@ -250,13 +284,25 @@ async def _fetch_all(
     limit: asyncio.Semaphore,
     decodes: list[Future],
 ) -> None:
-    async def one(target: ChunkTarget) -> None:
+    async def get(target: ChunkTarget) -> Any:
         codec = target.codec
-        async with limit:
-            try:
-                raw = await codec.store.get(codec.key(target.coords), codec.prototype)
-            except Exception as err:
-                raise _fail(target, err) from err
+        try:
+            return await codec.store.get(codec.key(target.coords), codec.prototype)
+        except Exception as err:  # a ChunkReadError is no TimeoutError: only wait_for's own is one below
+            raise _fail(target, err) from err
+
+    async def one(target: ChunkTarget) -> None:
+        timeout = target.codec.read_timeout
+        async with limit:  # the bound starts with the request, not while it waits for a place in flight
+            if timeout is None:
+                raw = await get(target)
+            else:
+                # The whole fetch, every retry of the store's client included: each retry of s3fs / botocore
+                # would wait its own per-request timeout again (many times read_timeout in all).
+                try:
+                    raw = await asyncio.wait_for(get(target), timeout)
+                except asyncio.TimeoutError as err:
+                    raise _timed_out(target) from err
         decodes.append(submit(_decode_into, target, raw))
         await asyncio.wrap_future(decodes[-1])
 

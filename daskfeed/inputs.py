@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import collections
 import math
+import numbers
 import os
+import weakref
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -22,6 +24,7 @@ __all__ = [
     "normalize_inputs",
     "open_zarr",
     "open_zarr_node",
+    "store_read_timeout",
     "written_shuffled",
     "zarr_behind",
 ]
@@ -70,8 +73,42 @@ def _from_zarr_graph(array: da.Array) -> Any | None:
     return z if tuple(z.shape) == tuple(array.shape) and np.dtype(z.dtype) == array.dtype else None
 
 
-#: Seconds a read from a remote store (http, https, s3) may stall before it fails; see :func:`open_zarr`.
+#: Seconds one chunk read from a store that is not a local directory may take, retries included, before it fails;
+#: see :func:`open_zarr`. Also the bound for such stores opened with zarr directly, not through :func:`open_zarr`.
 DEFAULT_READ_TIMEOUT = 120.0
+
+# The read_timeout open_zarr was given for each store it opened (or was handed), by id(store): zarr's stores define
+# __eq__ without __hash__, so a WeakKeyDictionary cannot hold them. An entry leaves when its store is collected.
+_READ_TIMEOUTS: dict[int, tuple[weakref.ref, float | None]] = {}
+
+
+def _set_read_timeout(store: Any, seconds: float | None) -> None:
+    key = id(store)
+
+    def forget(ref: weakref.ref, key: int = key) -> None:
+        if _READ_TIMEOUTS.get(key, (None, None))[0] is ref:
+            _READ_TIMEOUTS.pop(key, None)
+
+    _READ_TIMEOUTS[key] = (weakref.ref(store, forget), seconds)
+
+
+def store_read_timeout(store: Any) -> tuple[float | None, bool]:
+    """The bound on one chunk read from ``store`` (seconds, retries included; None: no bound) and whether
+    :func:`open_zarr` set it (``read_timeout=``); a store it did not open gets :data:`DEFAULT_READ_TIMEOUT`."""
+    entry = _READ_TIMEOUTS.get(id(store))
+    if entry is not None and entry[0]() is store:
+        return entry[1], True
+    return DEFAULT_READ_TIMEOUT, False
+
+
+def _check_read_timeout(seconds: Any) -> float | None:
+    if seconds is None:
+        return None
+    if isinstance(seconds, bool) or not isinstance(seconds, numbers.Real):
+        raise InputTypeError(f"read_timeout must be a number of seconds or None, got {type(seconds).__name__}")
+    if not (seconds > 0 and math.isfinite(seconds)):
+        raise InputError(f"read_timeout must be a positive number of seconds or None (wait forever), got {seconds!r}")
+    return float(seconds)
 
 
 def open_zarr(
@@ -86,9 +123,14 @@ def open_zarr(
     storage_options : dict, optional
         Passed to fsspec for URLs (credentials, endpoint, ...).
     read_timeout : float or None, default 120
-        For ``http(s)://`` and ``s3://`` URLs: seconds a request may wait for data before it fails, so a store
-        that stops answering becomes a :class:`daskfeed.ChunkReadError` naming the chunk instead of a hang.
-        ``None`` waits forever; a timeout you set in ``storage_options`` wins.
+        Seconds the loader waits for one stored chunk, retries of the store's client included, before the read
+        fails as a :class:`daskfeed.ChunkReadError` naming the array and chunk, so a store that stops answering
+        is an error instead of a hang. ``None`` waits forever. For ``http(s)://`` and ``s3://`` URLs each request
+        of the client gets this timeout too (a timeout set in ``storage_options`` wins there). A zarr object
+        passed here gets the bound for its store; a remote array opened with zarr and never passed here is
+        bounded by :data:`DEFAULT_READ_TIMEOUT`. Reading a URL's zarr metadata here is bounded the same way.
+        Listing a group's members or a store's chunks, and the reads zarr makes itself (sharded arrays, codecs
+        without a synchronous decode), are bounded only by the client's per-request timeout and its retries.
 
     Returns
     -------
@@ -99,7 +141,10 @@ def open_zarr(
     Raises
     ------
     StoreError
-        If ``store`` does not exist or is not a zarr store, or a group holds no array.
+        If ``store`` does not exist, cannot be reached, needs a package that is not installed (``s3fs`` for
+        ``s3://``) or is not a zarr store, or a group holds no array; the message starts with the cause.
+    InputError
+        If ``read_timeout`` is not a positive number of seconds or None.
 
     Examples
     --------
@@ -111,7 +156,11 @@ def open_zarr(
     >>> arrays["x"].chunks
     ((4, 4, 2), (3,))
     """
+    import zarr
+
     node, arrays = open_zarr_node(store, storage_options=storage_options, read_timeout=read_timeout)
+    if isinstance(store, (zarr.Array, zarr.Group)):  # opened by the caller: the whole-read bound still applies
+        _set_read_timeout(store.store, read_timeout)
     if arrays is None:
         return _from_zarr(node)
     return {name: _from_zarr(arr) for name, arr in arrays.items()}
@@ -137,15 +186,113 @@ def _with_timeout(location: str, options: dict | None, seconds: float | None) ->
     return options or None
 
 
+def _check_protocols(location: str) -> None:
+    """Fail with the fix when fsspec does not know a protocol of ``location`` or lacks the package it needs."""
+    import fsspec
+
+    for part in location.split("::"):  # chained URLs: "simplecache::s3://bucket/x.zarr"
+        protocol = part.split("://", 1)[0].lower()
+        try:
+            fsspec.get_filesystem_class(protocol)
+        except ImportError as err:
+            missing = getattr(err.__cause__, "name", None) or ""
+            package = missing.split(".")[0]
+            need = f"the {package} package: pip install {package}" if package else "a package that is not installed"
+            raise StoreError(f"{protocol}:// URLs need {need} (fsspec says: {err}); store {location!r}") from err
+        except ValueError as err:
+            raise StoreError(
+                f"store {location!r}: fsspec knows no protocol {protocol!r}; expected a local path or a URL "
+                "such as s3://bucket/train.zarr or https://host/train.zarr"
+            ) from err
+
+
+#: Exceptions (by class name, anywhere in their MRO) that say the store's server could not be reached in time:
+#: botocore's and aiohttp's, named rather than imported so that neither is needed.
+_UNREACHABLE_NAMES = frozenset(
+    {
+        "EndpointConnectionError",
+        "ConnectTimeoutError",
+        "ReadTimeoutError",
+        "ConnectionClosedError",
+        "ClientConnectorError",
+        "ClientConnectionError",
+        "ServerTimeoutError",
+        "ServerDisconnectedError",
+    }
+)
+
+
+def _open_bounded(location: str, storage_options: dict | None, seconds: float | None) -> Any:
+    """``zarr.open(location, mode="r")``; a URL's metadata read may take ``seconds`` in all, retries included.
+
+    Each retry of the client (s3fs, botocore) waits its own per-request timeout again: a stalled server would
+    otherwise hold the open for many times ``seconds``.
+    """
+    import asyncio
+
+    import zarr
+
+    if seconds is None or "://" not in location:
+        return zarr.open(location, mode="r", storage_options=storage_options)
+    from zarr.api import asynchronous
+    from zarr.core.sync import sync  # zarr's bridge to its own event loop, as zarr.open uses it
+
+    async def bounded() -> Any:
+        opening = asynchronous.open(store=location, mode="r", storage_options=storage_options)
+        return await asyncio.wait_for(opening, seconds)
+
+    node = sync(bounded())
+    return zarr.Array(node) if isinstance(node, zarr.AsyncArray) else zarr.Group(node)
+
+
+def _open_error(location: str, err: BaseException, seconds: float | None = None) -> StoreError:
+    """The StoreError for a store zarr could not open, the cause first: unreachable, denied, or not zarr."""
+    import asyncio
+    import socket
+
+    if isinstance(err, asyncio.TimeoutError) and seconds is not None:  # _open_bounded's own bound
+        return StoreError(
+            f"cannot reach {location}: its zarr metadata did not arrive within read_timeout={seconds:g} s, retries "
+            "included (is the server up and answering? daskfeed.open_zarr(..., read_timeout=) sets this bound)"
+        )
+
+    seen: list[BaseException] = []
+    cause: BaseException | None = err
+    while cause is not None and cause not in seen and len(seen) < 20:
+        seen.append(cause)
+        cause = cause.__cause__ or cause.__context__
+    for found in seen:
+        names = {cls.__name__ for cls in type(found).__mro__}
+        if isinstance(found, (ConnectionError, TimeoutError, asyncio.TimeoutError, socket.gaierror)) or (
+            names & _UNREACHABLE_NAMES
+        ):
+            return StoreError(
+                f"cannot reach {location}: {type(found).__name__}: {found} (is the server up, and the endpoint or "
+                "host in the URL and storage_options right?)"
+            )
+    for found in seen:
+        if isinstance(found, PermissionError):
+            return StoreError(
+                f"access to {location} was denied: {type(found).__name__}: {found} (check the credentials in "
+                "storage_options)"
+            )
+    return StoreError(
+        f"store {location!r} is not a zarr store (no zarr.json or .zarray/.zgroup found that zarr can read): "
+        f"{type(err).__name__}: {err}"
+    )
+
+
 def open_zarr_node(
     store: Any, *, storage_options: dict | None = None, read_timeout: float | None = DEFAULT_READ_TIMEOUT
 ) -> tuple[Any, dict[str, Any] | None]:
     """What ``store`` opens to (a zarr.Group or zarr.Array) and, for a group, its arrays by name.
 
-    Arrays in sub-groups are named ``"sub/name"``. Raises what :func:`open_zarr` documents.
+    Arrays in sub-groups are named ``"sub/name"``. Raises what :func:`open_zarr` documents. A store opened from
+    a path or URL carries ``read_timeout`` to the loader's reads (:func:`store_read_timeout`).
     """
     import zarr
 
+    read_timeout = _check_read_timeout(read_timeout)
     if isinstance(store, zarr.Array):
         return store, None
     if isinstance(store, zarr.Group):
@@ -159,14 +306,13 @@ def open_zarr_node(
         if "://" not in location and not os.path.exists(location):
             raise StoreError(f"store {location!r} does not exist")
         if "://" in location:
+            _check_protocols(location)
             storage_options = _with_timeout(location, storage_options, read_timeout)
         try:
-            node = zarr.open(location, mode="r", storage_options=storage_options)
+            node = _open_bounded(location, storage_options, read_timeout)
         except Exception as err:
-            raise StoreError(
-                f"store {location!r} is not a zarr store (no zarr.json or .zarray/.zgroup found "
-                f"that zarr can read): {err}"
-            ) from err
+            raise _open_error(location, err, read_timeout) from err
+        _set_read_timeout(node.store, read_timeout)
         if isinstance(node, zarr.Array):
             return node, None
         group = node
@@ -358,9 +504,12 @@ def _check_leaf(leaf: Leaf) -> None:
             f"{leaf.name} has dtype {leaf.dtype}, which cannot become a tensor; expected a bool, integer, "
             "float or complex dtype (encode strings or objects as numbers first)"
         )
-    if leaf.lazy and any(math.isnan(c) for c in arr.chunks[0]):
+    unknown = [axis for axis, sizes in enumerate(arr.chunks) if any(math.isnan(c) for c in sizes)] if leaf.lazy else []
+    if unknown:
+        where = "the sample axis (axis 0)" if unknown[0] == 0 else f"axis {unknown[0]}"
         raise InputError(
-            f"{leaf.name} has unknown chunk sizes on the sample axis; call .compute_chunk_sizes() on it first"
+            f"{leaf.name} has unknown chunk sizes on {where} (shape {tuple(arr.shape)}, as after boolean indexing); "
+            "expected known sizes: call .compute_chunk_sizes() on it first"
         )
     if arr.shape[0] == 0:
         raise InputError(f"{leaf.name} has zero samples (shape {tuple(arr.shape)}); expected at least one")

@@ -9,6 +9,7 @@ daskfeed lists the store once (one listing, no chunk is read) and compares it wi
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import itertools
 import math
@@ -20,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from daskfeed.errors import DaskfeedWarning, StoreError, warn
-from daskfeed.inputs import store_location
+from daskfeed.inputs import store_location, store_read_timeout
 
 __all__ = ["MissingChunks", "StoreWatch", "check_missing", "damage", "find_missing", "written_by_daskfeed"]
 
@@ -105,8 +106,15 @@ def find_missing(z: Any, name: str) -> MissingChunks | None:
         return {key[len(start) :] async for key in z.store_path.store.list_prefix(start)}
 
     stored = _walk(z.store_path.store, prefix)
-    if stored is None:
-        stored = sync(listing())
+    if stored is None:  # a remote store: listing waits on the network, so read_timeout bounds it too
+        seconds = store_read_timeout(z.store_path.store)[0]
+        try:
+            stored = sync(asyncio.wait_for(listing(), seconds))
+        except (asyncio.TimeoutError, TimeoutError):
+            raise TimeoutError(
+                f"listing the store took longer than read_timeout={seconds:g} s (set it with "
+                "daskfeed.open_zarr(..., read_timeout=))"
+            ) from None
     coords = itertools.product(*(range(g) for g in grid))
     missing = tuple(c for c in coords if z.metadata.encode_chunk_key(c) not in stored)
     return MissingChunks(name, grid, int(step[0]), int(z.shape[0]), missing)

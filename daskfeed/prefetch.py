@@ -549,8 +549,28 @@ def _as_done(futures: list, scheduler: Scheduler) -> Iterator[tuple[Any, Any]]:
         yield future, values
 
 
+def _waited(err: BaseException) -> bool:
+    """Whether ``err`` (or its cause) is a timeout or a lost connection: reading again would wait again."""
+    while err is not None:
+        if isinstance(err, (TimeoutError, asyncio.TimeoutError, ConnectionError)) or "Timeout" in type(err).__name__:
+            return True
+        err = err.__cause__ or err.__context__
+    return False
+
+
 def _locate_failure(jobs: list[ReadJob], scheduler: Scheduler, err: Exception) -> ChunkReadError:
-    """Find the array and chunk whose read failed, by reading the blocks again one at a time."""
+    """Find the array and chunk whose read failed, by reading the blocks again one at a time (not after a
+    timeout or a lost connection, where each read again would wait as long again)."""
+    if _waited(err):
+        first = jobs[0]
+        blocks = sorted(first.blocks)
+        return ChunkReadError(
+            f"reading chunks {blocks[:10]} of array {first.name} failed: {type(err).__name__}: {err} (a timeout "
+            "or a lost connection: the store did not answer)",
+            array=first.name,
+            chunk=blocks[0],
+            samples=first.source.block_range(blocks[0]),
+        )
     for job in jobs:
         for b, parts in sorted(job.blocks.items()):
             graph, task = _block_task(job.source, b)

@@ -117,6 +117,51 @@ def test_unknown_chunk_sizes():
         normalize_inputs(x)
 
 
+def test_unknown_chunk_sizes_on_an_inner_axis_are_named_at_construction():
+    x = da.from_array(np.arange(40).reshape(4, 10), chunks=2)
+    x = x[:, x[0] > 3]  # boolean indexing on axis 1: chunk sizes there are unknown (nan)
+    with pytest.raises(daskfeed.InputError, match=r"x has unknown chunk sizes on axis 1 .*compute_chunk_sizes\(\)"):
+        daskfeed.Loader(x, batch_size=2, seed=0)
+    with daskfeed.Loader(x.compute_chunk_sizes(), batch_size=2, seed=0) as loader:
+        assert sorted(np.concatenate(list(loader))[:, 0].tolist()) == [4, 14, 24, 34]
+
+
+def test_read_timeout_travels_with_the_store(xy_store):
+    from daskfeed.inputs import DEFAULT_READ_TIMEOUT, store_read_timeout, zarr_behind
+
+    arrays = daskfeed.open_zarr(xy_store, read_timeout=5)
+    assert store_read_timeout(zarr_behind(arrays["x"]).store) == (5.0, True)
+    group = zarr.open_group(xy_store, mode="r")  # opened with zarr: the default bound
+    assert store_read_timeout(group.store) == (DEFAULT_READ_TIMEOUT, False)
+    daskfeed.open_zarr(group, read_timeout=None)  # handed to open_zarr: its read_timeout, None waits forever
+    assert store_read_timeout(group["x"].store) == (None, True)
+    with pytest.raises(
+        daskfeed.InputError, match=r"read_timeout must be a positive number of seconds or None \(wait forever\), got -1"
+    ):
+        daskfeed.open_zarr(xy_store, read_timeout=-1)
+    with pytest.raises(daskfeed.InputTypeError, match=r"read_timeout must be a number of seconds or None, got str"):
+        daskfeed.open_zarr(xy_store, read_timeout="5")
+
+
+def test_open_zarr_without_the_package_a_protocol_needs_says_which_first():
+    """Run where s3fs cannot be imported (a fresh process: this one may have fsspec's s3 class loaded)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; sys.modules['s3fs'] = None\n"
+        "import daskfeed\n"
+        "try:\n"
+        "    daskfeed.open_zarr('s3://bucket/train.zarr')\n"
+        "except daskfeed.StoreError as err:\n"
+        "    print(err)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.stdout.startswith("s3:// URLs need the s3fs package: pip install s3fs"), out.stdout + out.stderr
+    with pytest.raises(daskfeed.StoreError, match=r"fsspec knows no protocol 'nosuch'"):
+        daskfeed.open_zarr("nosuch://bucket/train.zarr")
+
+
 def test_errors_are_builtin_errors_too():
     assert issubclass(daskfeed.InputError, ValueError) and issubclass(daskfeed.InputTypeError, TypeError)
     assert issubclass(daskfeed.ChunkReadError, RuntimeError) and issubclass(daskfeed.MemoryBudgetError, ValueError)
