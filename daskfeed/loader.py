@@ -21,7 +21,7 @@ from daskfeed.inputs import Inputs, normalize_inputs, rewrite_hint, zarr_behind
 from daskfeed.integrity import StoreWatch, check_missing
 from daskfeed.interrupts import Interrupts
 from daskfeed.layout import DecodeLimit, Layout, choose_layout, decode_limit
-from daskfeed.options import LoaderOptions, check_int, parse_loader_options
+from daskfeed.options import LoaderOptions, check_int, check_shared_seed, parse_loader_options
 from daskfeed.plan import EpochPlan, PlanConfig
 from daskfeed.prefetch import Scheduler, usable_cores
 from daskfeed.state import check_state, fingerprint, make_state
@@ -102,6 +102,7 @@ class Loader:
         mixed = self.inputs.written_shuffled()
         self.layout: Layout = choose_layout(self.inputs.leaves, self.inputs.n_samples, self.options, mixed=mixed)
         self.config: PlanConfig = self.layout.plan_config(self.options)
+        check_shared_seed(self.options)  # after the layout: a shard count above the read units is named first
         # Chunks being decoded stay within a share of the budget (beyond it): fewer at once where chunks are large.
         self.decode_limit: DecodeLimit = decode_limit(
             [(leaf.name, decoded_at_once(leaf.array)) for leaf in self.inputs.leaves if leaf.lazy],

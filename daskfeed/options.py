@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
 import secrets
+import sys
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from daskfeed.errors import InputError, InputTypeError, MemoryBudgetError
+
+_log = logging.getLogger("daskfeed")
 
 __all__ = [
     "DEFAULT_MEMORY_BUDGET",
@@ -18,6 +22,7 @@ __all__ = [
     "LoaderOptions",
     "Shard",
     "check_int",
+    "check_shared_seed",
     "parse_bytes",
     "parse_loader_options",
 ]
@@ -87,10 +92,23 @@ def _check_bool(name: str, value: Any) -> bool:
 
 @dataclass(frozen=True)
 class Shard:
-    """``(index, count)``: one of ``count`` disjoint shares of the read units that together make an epoch."""
+    """``(index, count)``: one of ``count`` disjoint shares of the read units that together make an epoch.
+
+    ``origin`` says where a shard that was not given as a tuple came from: ``"jax"`` (this process's share in
+    a multi-process JAX job, the default there, see :meth:`default`) or ``"tf.distribute"`` (a
+    ``tf.distribute.InputContext``). It is shown, and not compared: ``Shard(1, 2, origin="jax") == Shard(1, 2)``.
+
+    Examples
+    --------
+    >>> Shard.parse((1, 4))
+    Shard(index=1, count=4)
+    >>> Shard.parse(None)  # in a process that is not one of several JAX processes
+    Shard(index=0, count=1)
+    """
 
     index: int
     count: int
+    origin: str = field(default="", compare=False)
 
     def __post_init__(self) -> None:
         if any(isinstance(v, bool) or not isinstance(v, (int, np.integer)) for v in (self.index, self.count)):
@@ -100,19 +118,73 @@ class Shard:
         object.__setattr__(self, "index", int(self.index))
         object.__setattr__(self, "count", int(self.count))
 
+    def __repr__(self) -> str:
+        origin = f", origin={self.origin!r}" if self.origin else ""
+        return f"Shard(index={self.index}, count={self.count}{origin})"
+
     def as_tuple(self) -> tuple[int, int]:
         return (self.index, self.count)
 
     @classmethod
-    def parse(cls, value: Shard | tuple[int, int] | None) -> Shard:
-        """A :class:`Shard` from ``None`` (the whole epoch), a tuple ``(index, count)`` or a Shard."""
+    def parse(cls, value: Any) -> Shard:
+        """A :class:`Shard` from ``None`` (:meth:`default`), a tuple ``(index, count)``, a Shard, or a
+        ``tf.distribute.InputContext`` (its ``(input_pipeline_id, num_input_pipelines)``)."""
         if value is None:
-            return cls(0, 1)
+            return cls.default()
         if isinstance(value, Shard):
             return value
+        # Duck-typed so that this module needs no TensorFlow: what distribute_datasets_from_function passes.
+        if hasattr(value, "input_pipeline_id") and hasattr(value, "num_input_pipelines"):
+            return cls(value.input_pipeline_id, value.num_input_pipelines, origin="tf.distribute")
         if not (isinstance(value, tuple) and len(value) == 2):
-            raise InputTypeError(f"shard must be a tuple (index, count) of two ints, got {value!r}")
+            raise InputTypeError(
+                f"shard must be a tuple (index, count) of two ints or a tf.distribute.InputContext, got {value!r}"
+            )
         return cls(*value)
+
+    @classmethod
+    def default(cls) -> Shard:
+        """The shard of a loader made without ``shard``: this process's share when it is one of several JAX
+        processes, else the whole epoch.
+
+        JAX counts as multi-process once ``jax.distributed.initialize()`` ran in this process (Keras's
+        ``keras.distribution.initialize()`` runs it) and ``jax.process_count() > 1``; the shard is then
+        ``(jax.process_index(), jax.process_count())``. JAX is never imported here, and asked only once its
+        distributed system is up: asking earlier would start its backend, after which
+        ``jax.distributed.initialize()`` refuses to run.
+        """
+        jax = sys.modules.get("jax")
+        is_initialized = getattr(getattr(jax, "distributed", None), "is_initialized", None)
+        if is_initialized is not None and is_initialized():
+            count = jax.process_count()
+            if count > 1:
+                index = jax.process_index()
+                _log.info("JAX process %d of %d: a loader made now serves shard=%r", index, count, (index, count))
+                return cls(index, count, origin="jax")
+        return cls(0, 1)
+
+
+def check_shared_seed(options: LoaderOptions) -> None:
+    """Refuse a shard of several whose seed was drawn: shards deal the read units by the seed, so shards that
+    each drew their own seed overlap and leave samples out."""
+    shard = options.shard
+    if shard.count == 1 or not options.shuffle or not getattr(options, "_seed_drawn", False):
+        return
+    if shard.origin == "jax":
+        why = (
+            f"this is JAX process {shard.index} of {shard.count}, so the loader serves shard=({shard.index}, "
+            f"{shard.count}) of the read units (see LoaderOptions.shard), and"
+        )
+    else:
+        why = f"shard={shard.as_tuple()!r}"
+        why += " (from the tf.distribute.InputContext)" if shard.origin == "tf.distribute" else ""
+        why += " splits the read units between loaders, and"
+    raise InputError(
+        f"{why} the shards deal the read units by the seed, but seed=None draws a different seed in each "
+        "loader, so shards would overlap and leave samples out; pass the same seed to every shard (seed=0, or "
+        "one seed the job chose)"
+        + (", or shard=(0, 1) for the whole epoch in every process" if shard.origin == "jax" else "")
+    )
 
 
 @dataclass(frozen=True)
@@ -146,9 +218,18 @@ class LoaderOptions:
     scheduler : str or distributed.Client, optional
         The dask scheduler that computes chunks: ``None`` (dask's configured default), ``"threads"``,
         ``"synchronous"``, ``"processes"``, or a ``distributed.Client``.
-    shard : tuple of (int, int), optional
+    shard : tuple of (int, int) or tf.distribute.InputContext, optional
         ``(index, count)``: serve only this worker's share of the read units, the same share every epoch;
-        the ``count`` shards partition each epoch.
+        the ``count`` shards partition each epoch (shards are whole read units, so their lengths may differ
+        by up to a chunk). Every shard needs the same ``seed`` (a drawn one is refused). Inside
+        ``strategy.distribute_datasets_from_function(fn)`` pass ``fn``'s ``tf.distribute.InputContext`` itself:
+        ``shard=ctx`` is ``(ctx.input_pipeline_id, ctx.num_input_pipelines)``. Not given: the whole epoch,
+        except in a process that is one of several JAX processes (``keras.distribution`` across hosts, after
+        ``jax.distributed.initialize()``): there ``(jax.process_index(), jax.process_count())``, so that each
+        process feeds its own part of the global batch, and ``batch_size`` is that part (global batch //
+        processes). ``loader.options.shard`` shows which: ``Shard(index=1, count=2, origin='jax')``.
+        :func:`daskfeed.as_dataset` takes no such default (Keras and ``tf.distribute`` shard a
+        ``tf.data.Dataset`` themselves): it serves the whole epoch unless given ``shard``.
     missing_chunks : {"warn", "error", "fill"}, default "warn"
         What to do about chunk files missing from a zarr store, which zarr serves as the fill value (zeros).
         The loader lists the store of each zarr array it reads as such (``open_zarr``, a ``zarr.Array``
@@ -196,6 +277,8 @@ class LoaderOptions:
         put("batch_size", check_int("batch_size", self.batch_size, 1))
         put("shuffle", _check_bool("shuffle", self.shuffle))
         put("drop_remainder", _check_bool("drop_remainder", self.drop_remainder))
+        # Not a field: read by check_shared_seed, which refuses shards of one job that drew their own seeds.
+        put("_seed_drawn", self.seed is None)
         put("seed", secrets.randbits(63) if self.seed is None else check_int("seed", self.seed, 0))
         if self.seed >= 2**63:
             raise InputError(f"seed must be < 2**63, got {self.seed}")
@@ -251,4 +334,7 @@ def parse_loader_options(options: LoaderOptions | Mapping | None = None, **knobs
     unknown = sorted(set(base) - set(KNOBS))
     if unknown:
         raise InputTypeError(f"unknown loader option {unknown[0]!r}; the options are {', '.join(KNOBS)}")
-    return LoaderOptions(**base)
+    parsed = LoaderOptions(**base)
+    if "seed" not in knobs and getattr(options, "_seed_drawn", False):
+        object.__setattr__(parsed, "_seed_drawn", True)  # the seed options drew is still a drawn one
+    return parsed

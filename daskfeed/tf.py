@@ -33,7 +33,7 @@ def as_dataset(
     memory_budget: int | str = DEFAULT_MEMORY_BUDGET,
     reads_per_chunk: int | str = "auto",
     scheduler: Any = None,
-    shard: tuple[int, int] | None = None,
+    shard: tuple[int, int] | Any = None,
     missing_chunks: str = "warn",
     no_workers_timeout: float = 60.0,
     concurrency: int = 32,
@@ -45,6 +45,14 @@ def as_dataset(
     The dataset's ``element_spec`` is complete (the batch dimension is ``None`` unless ``drop_remainder``)
     and its cardinality is the number of batches per epoch.
 
+    Parameters
+    ----------
+    shard : tuple of (int, int) or tf.distribute.InputContext, optional
+        ``(index, count)``: serve this worker's share of the read units (see :class:`daskfeed.LoaderOptions`).
+        Inside ``strategy.distribute_datasets_from_function(fn)``, pass ``fn``'s ``InputContext`` itself.
+        Not given: the whole epoch, in every process (also in a multi-process JAX job, where the other doors
+        take the process's share: Keras's ``keras.distribution`` shards a ``tf.data.Dataset`` itself).
+
     Returns
     -------
     tf.data.Dataset
@@ -55,6 +63,16 @@ def as_dataset(
     Batches are made in blocks of about 8,192 samples (at most 32 MiB) that tf.data cuts with ``rebatch``;
     those blocks, and tf.data's own prefetch of two batches, come on top of ``memory_budget``.
 
+    Under ``tf.distribute`` a dataset of a shard of several (``count > 1``) carries the auto-shard policy
+    ``OFF``: ``experimental_distribute_dataset`` does not cut it again, and each step splits this worker's
+    batch between its replicas, so pass the global batch size as ``batch_size`` there (inside
+    ``distribute_datasets_from_function``, ``ctx.get_per_replica_batch_size(global_batch)``). A dataset of the
+    whole epoch carries ``DATA`` (what ``AUTO`` comes to for a generator, without ``AUTO``'s warning about
+    ``assert_cardinality``): ``MultiWorkerMirroredStrategy`` then keeps every N-th piece of each batch on each
+    of N workers, so each sample is trained on once, but every worker reads and decodes the whole epoch.
+    Every shard needs the same ``seed``. Shards are whole read units, so one worker may have a batch more
+    than another; ``tf.distribute`` ends the epoch for all together, giving the others empty batches.
+
     Examples
     --------
     >>> import numpy as np, daskfeed
@@ -62,7 +80,11 @@ def as_dataset(
     >>> ds = daskfeed.as_dataset(x, y, batch_size=32, seed=0)
     >>> int(ds.cardinality()), ds.element_spec[0]
     (4, TensorSpec(shape=(None, 4), dtype=tf.float32, name=None))
+    >>> ds.options().experimental_distribute.auto_shard_policy
+    <AutoShardPolicy.DATA: 2>
     """
+    if shard is None:  # not the JAX default of the other doors: whoever distributes a tf.data.Dataset shards it
+        shard = (0, 1)
     loader = Loader(x, y, sample_weight, **{name: value for name, value in locals().items() if name in KNOBS})
     return dataset_from_loader(loader)
 
@@ -97,5 +119,12 @@ def dataset_from_loader(loader: Loader) -> tf.data.Dataset:
     ds = ds.rebatch(batch, drop_remainder=drop)
     ds = ds.apply(tf.data.experimental.assert_cardinality(len(loader)))
     ds = ds.prefetch(2)
+    # tf.distribute would cut a shard again and keep 1/N of it (the default policy, AUTO, shards by data here):
+    # a sharded dataset says OFF. An unsharded one says DATA, which AUTO falls back to for a generator anyway,
+    # without AUTO's attempt to shard by file, which warns that it drops assert_cardinality from the graph.
+    options = tf.data.Options()
+    policy = tf.data.experimental.AutoShardPolicy
+    options.experimental_distribute.auto_shard_policy = policy.OFF if loader.options.shard.count > 1 else policy.DATA
+    ds = ds.with_options(options)
     ds._daskfeed_loader = loader  # datasets made from this one keep it through their input datasets
     return ds
