@@ -10,7 +10,6 @@ daskfeed lists the store once (one listing, no chunk is read) and compares it wi
 from __future__ import annotations
 
 import asyncio
-import functools
 import itertools
 import math
 import os
@@ -41,7 +40,7 @@ class MissingChunks:
     n_samples: int
     missing: tuple[tuple[int, ...], ...]  # grid coordinates of the chunks not stored
 
-    @functools.cached_property
+    @property
     def samples(self) -> list[tuple[int, int]]:
         """The sample ranges (start, stop) that hold fill values in place of missing chunks, merged."""
         rows = sorted({c[0] for c in self.missing})

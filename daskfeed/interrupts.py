@@ -6,6 +6,7 @@ import atexit
 import contextlib
 import gc
 import inspect
+import os
 import signal
 import socket
 import sys
@@ -277,3 +278,14 @@ class Interrupts:
 
 
 atexit.register(Interrupts.at_exit)  # at import: it runs after the handlers registered later
+
+
+def _after_fork_in_child() -> None:
+    """A forked child gets locks of its own: one a parent thread held at the fork would never be released."""
+    Interrupts._lock = threading.Lock()
+    Interrupts._changed = threading.Condition(Interrupts._lock)
+    Interrupts._waiting = 0
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)

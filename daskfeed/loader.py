@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import functools
 import itertools
 import os
 import queue
@@ -32,6 +31,15 @@ __all__ = ["Loader"]
 _iter_ids = itertools.count()
 #: Guards the check that a loader is iterated by one loop at a time.
 _ITERATING = threading.Lock()
+
+
+def _after_fork_in_child() -> None:
+    global _ITERATING
+    _ITERATING = threading.Lock()  # a parent thread may have held it at the fork
+
+
+if hasattr(os, "register_at_fork"):  # not on Windows, which does not fork
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 #: Above this decode amplification the loader warns, with the command that rewrites the store.
 WARN_AMPLIFICATION = 2.0
 
@@ -204,11 +212,16 @@ class Loader:
             runtime.cache.epoch = epoch
             runtime.cache.forget_epoch(old)
 
-    @functools.cached_property
+    @property
     def fingerprint(self) -> str:
         """A digest of the data's shapes and chunking and of the knobs the batches depend on (both fixed at
         construction, so worked out once, not at every checkpoint)."""
-        return fingerprint(self.inputs, self.config)
+        # Not a functools.cached_property: on Python 3.11 its lock, shared by every loader, is inherited held by
+        # a process forked while another thread holds it. Two threads working it out at once agree.
+        digest = self.__dict__.get("_fingerprint")
+        if digest is None:
+            digest = self._fingerprint = fingerprint(self.inputs, self.config)
+        return digest
 
     def state(self, epoch: int | None = None, next_batch: int | None = None) -> dict[str, Any]:
         """A small JSON-able checkpoint of the loader's place: by default where iterating it has got to.

@@ -13,7 +13,7 @@ import uuid
 from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 import dask
@@ -271,14 +271,16 @@ class ReadJob:
     #: in its serving order, so that batches are cut as slices); None for ``buffer[at]``.
     scatter: np.ndarray | None = None
 
-    @functools.cached_property
-    def blocks(self) -> dict[int, list[BlockPart]]:
-        """The parts to read, by block: a block that several units take from is read once."""
-        blocks: dict[int, list[BlockPart]] = {}
+    #: The parts to read, by block: a block that several units take from is read once.
+    blocks: dict[int, list[BlockPart]] = field(init=False)
+
+    def __post_init__(self) -> None:
+        # Worked out here, not in a functools.cached_property: on Python 3.11 that takes one lock shared by every
+        # instance, which a process forked while a reading thread held it inherits held, and hangs on.
+        self.blocks = {}
         for unit in self.units:
             for part in self.source.parts(unit):
-                blocks.setdefault(part.block, []).append(part)
-        return blocks
+                self.blocks.setdefault(part.block, []).append(part)
 
 
 def _select(block: np.ndarray, *, parts: list[BlockPart], shift: int = 0) -> list[np.ndarray]:
