@@ -63,7 +63,31 @@ def __getattr__(name: str) -> Any:
     if name in _LAZY:
         import importlib
 
-        return getattr(importlib.import_module(_LAZY[name]), name)
+        try:
+            module = importlib.import_module(_LAZY[name])
+        except ModuleNotFoundError as err:  # say which extra (or Keras backend) the front-end needs
+            missing = (err.name or "").partition(".")[0]
+            if missing not in ("tensorflow", "keras"):
+                raise
+            if name == "as_dataset":
+                message = (
+                    "daskfeed.as_dataset needs TensorFlow, which is not installed: pip install daskfeed[tf]. "
+                    "daskfeed.as_sequence (a keras.utils.PyDataset) works on any Keras 3 backend, JAX and "
+                    "PyTorch too: pip install daskfeed[keras] jax (or torch)"
+                )
+            elif missing == "keras":
+                message = (
+                    "daskfeed.as_sequence needs Keras 3, which is not installed: pip install daskfeed[keras] "
+                    "and a backend (jax, torch or tensorflow), or pip install daskfeed[tf]"
+                )
+            else:
+                message = (
+                    "daskfeed.as_sequence imports Keras, whose backend is TensorFlow, which is not installed: "
+                    "set KERAS_BACKEND=jax or KERAS_BACKEND=torch (that package installed) before Keras is "
+                    "imported, or pip install daskfeed[tf]"
+                )
+            raise ModuleNotFoundError(message, name=err.name) from err
+        return getattr(module, name)
     raise AttributeError(f"module 'daskfeed' has no attribute {name!r}")
 
 

@@ -8,8 +8,9 @@ import threading
 from typing import Any
 
 import keras
+import numpy as np
 
-from daskfeed.errors import DaskfeedError, InputError, InputTypeError
+from daskfeed.errors import DaskfeedError, DaskfeedWarning, InputError, InputTypeError, warn
 from daskfeed.interrupts import Interrupts
 from daskfeed.loader import Loader
 from daskfeed.options import DEFAULT_MEMORY_BUDGET, KNOBS, check_int
@@ -20,49 +21,93 @@ __all__ = ["BackupAndRestore", "Sequence", "as_sequence"]
 class Sequence(keras.utils.PyDataset):
     """A ``keras.utils.PyDataset`` over a :class:`daskfeed.Loader`; made by :func:`daskfeed.as_sequence`.
 
-    ``seq[i]`` is batch ``i`` of the current epoch, whatever order and however many threads ask.
-    ``on_epoch_end()`` moves to the next epoch when one was run: Keras brackets each epoch with
-    ``on_epoch_begin()`` / ``on_epoch_end()`` (and calls ``on_epoch_end()`` once before the first, which must
-    not skip epoch 0), and a hand-written loop that served ``len(seq)`` batches counts too. It pickles without
-    its threads and windows, which the copy rebuilds on first use, so ``use_multiprocessing=True`` workers
-    compute correct batches.
+    ``seq[i]`` is batch ``i`` of the current epoch, whatever order and however many threads ask. The epoch
+    moves on once every batch of it was served, at the next of these: Keras's ``on_epoch_begin()`` or
+    ``on_epoch_end()``, or a request for a batch. So Keras epoch ``k`` trains on daskfeed's epoch ``k`` on every
+    backend: the batch JAX and PyTorch read to build the model (between an ``on_epoch_begin()`` and an
+    ``on_epoch_end()``, before the first epoch) does not end an epoch, and ``steps_per_epoch`` shorter than
+    ``len(seq)`` goes on through the epoch. A hand-written loop that asks for every index once is an epoch too.
+
+    Keras is always told ``workers=1`` and ``use_multiprocessing=False``: its worker pool keeps the batches it
+    computed ahead at the end of one epoch and trains on them at the start of the next, so with the batch Keras
+    reads first on JAX and PyTorch every epoch would mix two of daskfeed's epochs. daskfeed computes ahead
+    on its own threads instead. It pickles without its threads and windows, which the copy rebuilds on first use.
     """
 
     def __init__(
         self, loader: Loader, *, workers: int = 1, use_multiprocessing: bool = False, max_queue_size: int = 10
     ):
-        super().__init__(workers=workers, use_multiprocessing=use_multiprocessing, max_queue_size=max_queue_size)
+        # ``workers`` and ``use_multiprocessing`` are accepted for the signature Keras users know; see the class.
+        del workers, use_multiprocessing
+        super().__init__(workers=1, use_multiprocessing=False, max_queue_size=max_queue_size)
         self.loader = loader
         self._locks: dict[int, threading.Lock] = {}
-        self._began = False
-        self._served = 0
+        #: Which of the current epoch's batches were served (by Keras's index), and for which loader epoch.
+        self._served_epoch = loader.epoch
+        self._served = bytearray(len(loader))
+        self._left = len(loader)
         #: Batches of the loader's current epoch served before Keras's batch 0 (set by :meth:`restore`).
         self._offset = 0
+
+    # Keras reads these two to decide whether to start its worker pool: never (see the class docstring).
+    @property
+    def workers(self) -> int:
+        return 1
+
+    @workers.setter
+    def workers(self, value: Any) -> None:
+        if value != 1:
+            raise InputError(f"a daskfeed Sequence serves batches with Keras's workers=1, got workers={value!r}")
+
+    @property
+    def use_multiprocessing(self) -> bool:
+        return False
+
+    @use_multiprocessing.setter
+    def use_multiprocessing(self, value: Any) -> None:
+        if value is not False:
+            raise InputError(
+                f"a daskfeed Sequence serves batches with Keras's use_multiprocessing=False, got {value!r}"
+            )
 
     def __len__(self) -> int:
         return len(self.loader)
 
     def __getitem__(self, index: int) -> Any:
         n = len(self.loader)
+        if isinstance(index, (bool, np.bool_)) or not isinstance(index, (int, np.integer)):
+            raise InputTypeError(f"batch index must be an int, got {type(index).__name__}")
         if not 0 <= index < n:
             raise IndexError(f"batch index {index} is out of range for a sequence of {n} batches")
+        with self._lock:
+            self._end_epoch_if_served()  # a request after the whole epoch: the next epoch has begun
+            if not self._served[index]:
+                self._served[index] = 1
+                self._left -= 1
+            epoch = self.loader.epoch
         at = self._offset + index  # after a restore, Keras's epochs run on across the loader's epochs
         try:
-            batch = self.loader.batch(at % n, self.loader.epoch + at // n)
+            return self.loader.batch(at % n, epoch + at // n)
         except DaskfeedError as err:  # Keras calls this from tf.data's thread: hand it to fit's thread
             Interrupts.hand_to_main(err, self.loader)
             raise
-        with self._lock:
-            self._served += 1
-        return batch
 
     @property
     def _lock(self) -> threading.Lock:
         """A lock of this process's own: one inherited through a fork may be held by a thread that is not there."""
         lock = self._locks.get(os.getpid())
         if lock is None:
-            lock = self._locks[os.getpid()] = threading.Lock()
+            lock = self._locks.setdefault(os.getpid(), threading.Lock())
         return lock
+
+    def _end_epoch_if_served(self) -> None:
+        """Move the loader to the next epoch if every batch of this one was served (called with the lock held)."""
+        n = len(self.loader)
+        if self._served_epoch != self.loader.epoch:  # moved by restore() or loader.set_epoch(): nothing served yet
+            self._served_epoch, self._served, self._left = self.loader.epoch, bytearray(n), n
+        if self._left == 0:
+            self.loader.next_epoch()
+            self._served_epoch, self._served, self._left = self.loader.epoch, bytearray(n), n
 
     def position(self, batches: int) -> int:
         """The place in the stream of batches (``epoch * len + index``) after ``batches`` of this Keras epoch."""
@@ -74,20 +119,18 @@ class Sequence(keras.utils.PyDataset):
 
     def restore(self, state: dict[str, Any]) -> None:
         """Go back to the place ``state`` records: the next Keras epoch starts with the batch after it."""
-        self.loader.restore(state)
-        self._offset = state["next_batch"]
+        with self._lock:
+            self.loader.restore(state)
+            self._offset = state["next_batch"]
+            self._served_epoch, self._served, self._left = self.loader.epoch, bytearray(len(self)), len(self)
 
     def on_epoch_begin(self) -> None:
-        self._began = True
+        with self._lock:
+            self._end_epoch_if_served()
 
     def on_epoch_end(self) -> None:
         with self._lock:
-            ran = self._began or self._served >= len(self.loader)
-            self._began = False
-            if ran:
-                self._served = 0
-        if ran:
-            self.loader.next_epoch()
+            self._end_epoch_if_served()
 
     def __getstate__(self) -> dict:
         state = self.__dict__.copy()
@@ -146,8 +189,10 @@ def as_sequence(
         The loader's knobs, documented in :class:`daskfeed.LoaderOptions`. The defaults: batches of 32,
         shuffled across chunks with a drawn seed, a memory budget of 1 GiB, ``reads_per_chunk="auto"``.
     workers, use_multiprocessing, max_queue_size
-        Passed to ``keras.utils.PyDataset``. daskfeed already computes ahead on its own threads, so
-        ``workers=1`` is enough to keep a training step fed.
+        Accepted as ``keras.utils.PyDataset`` takes them, but Keras always gets ``workers=1`` and
+        ``use_multiprocessing=False`` (with a :class:`daskfeed.DaskfeedWarning` when asked for more): Keras's
+        worker pool trains the batches it computed ahead at the end of one epoch in the next, and it is
+        slower here than daskfeed, which computes ahead on its own threads.
 
     Returns
     -------
@@ -156,8 +201,10 @@ def as_sequence(
 
     Notes
     -----
-    Pass ``shuffle=False`` to ``model.fit``: daskfeed shuffles samples itself, and Keras's own shuffle only
-    reorders batch indices, which makes daskfeed compute windows again (it warns once when that happens).
+    Works on every Keras 3 backend (JAX, PyTorch, TensorFlow): Keras epoch ``k`` trains on the loader's epoch
+    ``k``, every sample once. Pass ``shuffle=False`` to ``model.fit``: daskfeed shuffles samples itself, and
+    Keras's own shuffle only reorders batch indices, which makes daskfeed compute windows again (it warns once
+    when that happens).
 
     Examples
     --------
@@ -173,8 +220,18 @@ def as_sequence(
     check_int("max_queue_size", max_queue_size, 1)
     if not isinstance(use_multiprocessing, bool):
         raise InputError(f"use_multiprocessing must be True or False, got {use_multiprocessing!r}")
+    asked = [f"workers={workers}"] if workers > 1 else []
+    asked += ["use_multiprocessing=True"] if use_multiprocessing else []
+    if asked:
+        warn(
+            f"{' and '.join(asked)} {'are' if len(asked) > 1 else 'is'} not handed to Keras: its worker pool trains "
+            "the batches it computed ahead at the end of one epoch in the next one (on JAX and PyTorch every "
+            "epoch would mix two of daskfeed's epochs), and daskfeed already computes ahead on its own threads. "
+            "Keras gets workers=1; leave these arguments out to silence this warning",
+            DaskfeedWarning,
+        )
     loader = Loader(x, y, sample_weight, **knobs)
-    return Sequence(loader, workers=workers, use_multiprocessing=use_multiprocessing, max_queue_size=max_queue_size)
+    return Sequence(loader, max_queue_size=max_queue_size)
 
 
 class BackupAndRestore(keras.callbacks.BackupAndRestore):

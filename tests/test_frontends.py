@@ -37,9 +37,11 @@ def small_model(inputs=8):
 
 
 def test_sequence_is_a_pydataset_with_keras_settings(blobs):
-    seq = daskfeed.as_sequence(blobs["x"], blobs["y"], batch_size=64, seed=0, workers=2, max_queue_size=4)
+    with pytest.warns(daskfeed.DaskfeedWarning, match="workers=2 is not handed to Keras"):
+        seq = daskfeed.as_sequence(blobs["x"], blobs["y"], batch_size=64, seed=0, workers=2, max_queue_size=4)
     assert isinstance(seq, keras.utils.PyDataset)
-    assert (seq.workers, seq.use_multiprocessing, seq.max_queue_size) == (2, False, 4)
+    # Keras's worker pool trains batches of one epoch in the next: the Sequence keeps Keras at one worker.
+    assert (seq.workers, seq.use_multiprocessing, seq.max_queue_size) == (1, False, 4)
     assert len(seq) == 47 and seq[46][0].shape == (3000 - 46 * 64, 8)
     with pytest.raises(IndexError):
         seq[47]
@@ -132,10 +134,12 @@ def trained_weights(seq):
 
 @pytest.mark.parametrize("multiprocessing", [False, True])
 def test_keras_workers_threads_and_processes(blobs, multiprocessing):
-    """Keras's workers (threads or processes) get the very batches one worker gets: the same weights come out."""
+    """Asked for Keras's workers (threads or processes), the Sequence keeps Keras at one worker, says so, and
+    trains on the very batches one worker gets: the same weights come out."""
     kwargs = dict(batch_size=64, seed=0, memory_budget="40KB")
     expected = trained_weights(daskfeed.as_sequence(blobs["x"], blobs["y"], **kwargs))
-    seq = daskfeed.as_sequence(blobs["x"], blobs["y"], workers=2, use_multiprocessing=multiprocessing, **kwargs)
+    with pytest.warns(daskfeed.DaskfeedWarning, match="not handed to Keras"):
+        seq = daskfeed.as_sequence(blobs["x"], blobs["y"], workers=2, use_multiprocessing=multiprocessing, **kwargs)
     for got, want in zip(trained_weights(seq), expected):
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
 
@@ -418,29 +422,35 @@ def test_a_fit_killed_mid_epoch_and_restarted_serves_exactly_the_uninterrupted_b
     np.testing.assert_allclose(np.load(tmp_path / "resumed.npy"), np.load(tmp_path / "whole.npy"), rtol=1e-6)
 
 
-MULTIPROCESSING_FITS = """
-import sys, keras, numpy as np, daskfeed
+FORKS = """
+import multiprocessing, sys, daskfeed
 arrays = daskfeed.open_zarr(sys.argv[1])
-model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(1)])
-model.compile("sgd", "mse")
+
+def child(i):  # in a process forked while the parent's threads were reading
+    return loader.batch(i)[1].tolist()
+
 for run in range(20):
-    seq = daskfeed.as_sequence(
-        arrays["x"], arrays["y"], batch_size=50, seed=run, memory_budget="40KB", workers=2, use_multiprocessing=True
-    )
-    model.fit(seq, epochs=3, shuffle=False, verbose=0)
-    seq.close()
+    loader = daskfeed.Loader(arrays["x"], arrays["y"], batch_size=50, seed=run, memory_budget="40KB")
+    batches = iter(loader)
+    next(batches)  # the parent's prefetch and read threads are at work
+    with multiprocessing.get_context("fork").Pool(2) as pool:
+        got = pool.map(child, range(len(loader)))
+    assert got == [loader.batch(i)[1].tolist() for i in range(len(loader))], run
+    batches.close()
+    loader.close()
 print("done")
 """
 
 
-def test_twenty_multiprocessing_fits_in_a_row_never_hang(xy_store, tmp_path):
-    """Keras forks its workers while daskfeed's threads run; a forked worker makes threads of its own instead of
-    inheriting dask's pools (and their lock, held by a thread that is not there): before, 1 run in 4 hung."""
+def test_twenty_forks_while_threads_read_never_hang(xy_store, tmp_path):
+    """A process forked while daskfeed's threads run (a user's multiprocessing pool; Keras's used to) makes
+    threads of its own instead of inheriting dask's pools and their lock, held by a thread that is not there
+    (before, 1 run in 4 hung), and computes the very batches the parent does."""
     import subprocess
     import sys
 
-    script = tmp_path / "fits.py"
-    script.write_text(MULTIPROCESSING_FITS)
+    script = tmp_path / "forks.py"
+    script.write_text(FORKS)
     done = subprocess.run([sys.executable, str(script), xy_store], capture_output=True, text=True, timeout=400)
     assert done.returncode == 0 and done.stdout.strip() == "done", done.stderr[-2000:]
 
