@@ -17,6 +17,7 @@ import os
 import sys
 import threading
 import time
+import weakref
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
@@ -76,25 +77,28 @@ def soak_dropped(arrays: dict, loaders: int, budget: int) -> list[dict]:
     """Make, iterate for an epoch and drop ``loaders`` loaders, each door in turn, never closing one."""
     import tensorflow as tf
 
-    process, rows = psutil.Process(), []
+    process, rows, made = psutil.Process(), [], []
     kwargs = dict(batch_size=128, seed=0, memory_budget=budget)
     for k in range(loaders):
         started = time.perf_counter()
         door = ("Loader", "as_sequence", "as_dataset")[k % 3]
         if door == "Loader":
             loader = daskfeed.Loader(arrays["x"], arrays["y"], **kwargs)
+            made.append(weakref.ref(loader))
             for _ in loader:
                 pass
         elif door == "as_sequence":
             loader = daskfeed.as_sequence(arrays["x"], arrays["y"], **kwargs)
+            made.append(weakref.ref(loader.loader))
             for i in range(len(loader)):
                 loader[i]
         else:
             loader = daskfeed.as_dataset(arrays["x"], arrays["y"], **kwargs)
+            made.append(weakref.ref(loader._daskfeed_loader))
             loader.reduce(tf.constant(0, tf.int64), lambda n, b: n + tf.shape(b[1], tf.int64)[0])
         del loader
         rows.append({"door": door, "seconds": time.perf_counter() - started, **sample(process)})
-    rows[-1]["loaders_alive"] = sum(isinstance(o, daskfeed.Loader) for o in gc.get_objects())
+    rows[-1]["loaders_alive"] = sum(ref() is not None for ref in made)  # of those made here
     return rows
 
 
