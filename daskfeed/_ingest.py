@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 from dask.utils import format_bytes
 
+from daskfeed._compat import run_on_zarr_loop, zarr_loop
 from daskfeed._sources import (
     COLOR_MODES,
     IMAGE_SUFFIXES,
@@ -819,11 +820,8 @@ def _settle_zarr(timeout: float = 30.0) -> None:
     """
     import asyncio
 
-    try:
-        from zarr.core.sync import loop, sync
-    except ImportError:
-        return
-    if loop[0] is None or loop[0].is_closed():
+    loop = zarr_loop()
+    if loop is None or loop.is_closed():
         return
 
     async def settle() -> None:
@@ -835,7 +833,7 @@ def _settle_zarr(timeout: float = 30.0) -> None:
             await asyncio.wait(others, timeout=deadline - time.monotonic())
 
     with contextlib.suppress(Exception):
-        sync(settle())
+        run_on_zarr_loop(settle())
 
 
 def stopped_message(dest: str | os.PathLike, why: str | None) -> str | None:

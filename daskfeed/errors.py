@@ -11,6 +11,7 @@ __all__ = [
     "DaskfeedError",
     "DaskfeedWarning",
     "DiskFullError",
+    "FastPathWarning",
     "InputError",
     "InputTypeError",
     "LayoutWarning",
@@ -74,6 +75,14 @@ class ChunkReadError(DaskfeedError, RuntimeError):
 
 class DaskfeedWarning(UserWarning):
     """Base class of every warning daskfeed gives; filter it with ``warnings.filterwarnings``."""
+
+
+class FastPathWarning(DaskfeedWarning):
+    """daskfeed's own chunk decoding is off for an array: zarr reads it, with the same values but more slowly.
+
+    The message says why (a zarr release daskfeed was not checked on, a codec without a synchronous decode, or a
+    decode that disagreed with zarr's own read of the same stored chunk) and which zarr is installed.
+    """
 
 
 class OrderWarning(DaskfeedWarning):

@@ -14,6 +14,7 @@ from typing import Any
 import dask.array as da
 import numpy as np
 
+from daskfeed._compat import run_on_zarr_loop
 from daskfeed.errors import DaskfeedWarning, InputError, InputTypeError, StoreError, warn
 
 __all__ = [
@@ -235,13 +236,12 @@ def _open_bounded(location: str, storage_options: dict | None, seconds: float | 
     if seconds is None or "://" not in location:
         return zarr.open(location, mode="r", storage_options=storage_options)
     from zarr.api import asynchronous
-    from zarr.core.sync import sync  # zarr's bridge to its own event loop, as zarr.open uses it
 
     async def bounded() -> Any:
         opening = asynchronous.open(store=location, mode="r", storage_options=storage_options)
         return await asyncio.wait_for(opening, seconds)
 
-    node = sync(bounded())
+    node = run_on_zarr_loop(bounded())
     return zarr.Array(node) if isinstance(node, zarr.AsyncArray) else zarr.Group(node)
 
 
@@ -332,13 +332,12 @@ def _readable_members(group: Any, prefix: str = "") -> dict[str, Any]:
     """The arrays of ``group`` (and its sub-groups) that zarr can open, each opened alone; a warning names
     every member that zarr cannot parse (a bad ``zarr.json``, a data type it does not know)."""
     import zarr
-    from zarr.core.sync import sync  # zarr's bridge to its own event loop, as zarr.Group uses it
 
     async def names() -> list[str]:
         return [name async for name in group.store_path.store.list_dir(group.store_path.path)]
 
     arrays: dict[str, Any] = {}
-    for name in sorted(sync(names())):
+    for name in sorted(run_on_zarr_loop(names())):
         if name.startswith(".") or name.endswith(".json"):
             continue
         try:

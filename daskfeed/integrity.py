@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from daskfeed._compat import chunk_key_encoder, run_on_zarr_loop
 from daskfeed.errors import DaskfeedWarning, StoreError, warn
 from daskfeed.inputs import store_location, store_read_timeout
 
@@ -92,7 +93,6 @@ def _walk(store: Any, prefix: str) -> set[str] | None:
 def find_missing(z: Any, name: str) -> MissingChunks | None:
     """The chunks zarr array ``z`` lacks in its store (for a sharded array, whole shards), or None when its
     store cannot be listed (HTTP)."""
-    from zarr.core.sync import sync  # zarr's bridge to its own event loop, as zarr.Array uses it
 
     if not _listable(z):
         return None
@@ -108,14 +108,15 @@ def find_missing(z: Any, name: str) -> MissingChunks | None:
     if stored is None:  # a remote store: listing waits on the network, so read_timeout bounds it too
         seconds = store_read_timeout(z.store_path.store)[0]
         try:
-            stored = sync(asyncio.wait_for(listing(), seconds))
-        except (asyncio.TimeoutError, TimeoutError):
+            stored = run_on_zarr_loop(asyncio.wait_for(listing(), seconds))
+        except TimeoutError:
             raise TimeoutError(
                 f"listing the store took longer than read_timeout={seconds:g} s (set it with "
                 "daskfeed.open_zarr(..., read_timeout=))"
             ) from None
     coords = itertools.product(*(range(g) for g in grid))
-    missing = tuple(c for c in coords if z.metadata.encode_chunk_key(c) not in stored)
+    key = chunk_key_encoder(z.metadata)
+    missing = tuple(c for c in coords if key(c) not in stored)
     return MissingChunks(name, grid, int(step[0]), int(z.shape[0]), missing)
 
 
@@ -145,7 +146,7 @@ def _tail(report: MissingChunks, z: Any) -> bool:
     """Whether the last chunk in the order a copy goes is missing: the keys' sorted order (``cp``'s, ``rsync``'s,
     an upload's) or the chunk grid's (a writer that went in order)."""
     coords = list(itertools.product(*(range(g) for g in report.grid)))
-    last_key = max(coords, key=z.metadata.encode_chunk_key)
+    last_key = max(coords, key=chunk_key_encoder(z.metadata))
     return coords[-1] in report.missing or last_key in report.missing
 
 

@@ -22,6 +22,7 @@ import numpy as np
 from dask.core import flatten
 from dask.optimization import cull
 
+from daskfeed._compat import buffer_prototype
 from daskfeed.decode import ChunkCodec, ChunkTarget, read_chunks
 from daskfeed.errors import ChunkReadError, DaskfeedError
 from daskfeed.inputs import zarr_behind
@@ -306,10 +307,8 @@ def _read_zarr(
 ) -> None:
     """Decode what ``parts`` need of one zarr chunk, straight into the buffer when the rows are contiguous."""
     if len(parts) == 1 and parts[0].rows is None and scatter is None:
-        from zarr.core.buffer import default_buffer_prototype
-
         p = parts[0]
-        out = default_buffer_prototype().nd_buffer.from_numpy_array(buffer[p.at : p.at + p.hi - p.lo])
+        out = buffer_prototype().nd_buffer.from_numpy_array(buffer[p.at : p.at + p.hi - p.lo])
         array.get_basic_selection(slice(offset + p.lo, offset + p.hi), out=out)
         return
     lo, hi = min(p.lo for p in parts), max(p.hi for p in parts)
@@ -321,9 +320,7 @@ def _read_zarr_run(array: Any, start: int, stop: int, at: int, buffer: np.ndarra
 
     One call for many chunks lets zarr fetch and decode them concurrently.
     """
-    from zarr.core.buffer import default_buffer_prototype
-
-    out = default_buffer_prototype().nd_buffer.from_numpy_array(buffer[at : at + stop - start])
+    out = buffer_prototype().nd_buffer.from_numpy_array(buffer[at : at + stop - start])
     array.get_basic_selection(slice(start, stop), out=out)
 
 
@@ -533,7 +530,7 @@ def _as_done(futures: list, scheduler: Scheduler) -> Iterator[tuple[Any, Any]]:
             try:
                 values = future.result(timeout=REMOTE_WAIT_SLICE_S)  # the task's error, or why it was cancelled
                 break
-            except (TimeoutError, asyncio.TimeoutError):  # one class from Python 3.11, two before
+            except TimeoutError:  # one class from Python 3.11, two before
                 pass
             if scheduler.closed.is_set():
                 raise DaskfeedError("the loader was closed while chunks were being read on the cluster")

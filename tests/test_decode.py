@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import collections
+import re
 import threading
 import time
+import warnings
+from dataclasses import dataclass
+from typing import ClassVar
 
 import dask.array as da
 import numcodecs
@@ -12,10 +17,12 @@ import numpy as np
 import pytest
 import zarr
 from conftest import join_daskfeed_threads
+from zarr.abc.codec import BytesBytesCodec
 from zarr.codecs import BloscCodec, BytesCodec, Crc32cCodec, GzipCodec, TransposeCodec, ZstdCodec
 
 import daskfeed
 from daskfeed.decode import ChunkCodec
+from daskfeed.errors import FastPathWarning
 
 N = 1003
 
@@ -86,6 +93,7 @@ def served_in_storage_order(x, ids, **knobs):
 
 @pytest.mark.parametrize("case", list(CASES))
 def test_chunks_decoded_by_daskfeed_equal_zarrs_own_read(tmp_path, case):
+    warnings.simplefilter("error", FastPathWarning)  # the self-check agrees with zarr on every case
     z, data = make_array(tmp_path / "a.zarr", case)
     fmt, _, _, chunks, _ = CASES[case]
     assert drop_chunk_files(tmp_path / "a.zarr", 4, fmt) >= 1  # and a chunk row missing from the store
@@ -104,6 +112,161 @@ def test_chunks_decoded_by_daskfeed_equal_zarrs_own_read(tmp_path, case):
         got, stats = served_in_storage_order(x, ids, **knobs)
         np.testing.assert_array_equal(got, expected, err_msg=str(knobs))
         assert stats["resident"] == (knobs["memory_budget"] == "64MB")
+
+
+class CountingStore(zarr.storage.WrapperStore):
+    """A real LocalStore that counts the reads of each chunk key."""
+
+    def __init__(self, store, counts=None):
+        super().__init__(store)
+        self.counts = collections.Counter() if counts is None else counts
+
+    def _with_store(self, store):
+        return type(self)(store, self.counts)
+
+    async def get(self, key, prototype, byte_range=None):
+        if key.startswith("c/"):
+            self.counts[key] += 1
+        return await self._store.get(key, prototype, byte_range)
+
+
+def test_the_self_check_reads_no_chunk_again(tmp_path):
+    # A configuration no other test uses, so that its first decode is the one compared with zarr's.
+    data = np.arange(N * 5, dtype="u4").reshape(N, 5)
+    z = zarr.create_array(str(tmp_path / "c.zarr"), shape=data.shape, chunks=(71, 5), dtype="u4")
+    z[:] = data
+    counting = CountingStore(zarr.storage.LocalStore(str(tmp_path / "c.zarr"), read_only=True))
+    z = zarr.open_array(counting, mode="r")
+    warnings.simplefilter("error", FastPathWarning)
+    assert ChunkCodec.of(z) is not None
+    with daskfeed.Loader(daskfeed.open_zarr(z), batch_size=64, seed=0) as loader:  # held whole: read once
+        for _ in range(2):
+            got = np.concatenate(list(loader))
+            np.testing.assert_array_equal(np.sort(got[:, 0]), data[:, 0])
+    assert len(counts := counting.counts) == -(-N // 71) and set(counts.values()) == {1}, counts
+
+
+@dataclass(frozen=True)
+class XorCodec(BytesBytesCodec):
+    """A zarr codec that stores bytes XOR 0x5A. ``drift``, set by a test, makes the synchronous decode that
+    daskfeed calls differ from the coroutine zarr's own reads call, as when a zarr internal changes."""
+
+    is_fixed_size = True
+    drift: ClassVar[str | None] = None  # None, "wrong" (a flipped bit) or "raises"
+    name: ClassVar[str] = "daskfeed-test-xor"
+
+    @classmethod
+    def from_dict(cls, data):
+        return cls()
+
+    def to_dict(self):
+        return {"name": self.name}
+
+    def _xor(self, chunk, spec):
+        return spec.prototype.buffer.from_array_like(chunk.as_numpy_array() ^ np.uint8(0x5A))
+
+    def _decode_sync(self, chunk, spec):
+        if XorCodec.drift == "raises":
+            raise NotImplementedError("this codec decodes only in coroutines")
+        out = self._xor(chunk, spec).as_numpy_array()
+        return spec.prototype.buffer.from_array_like(out if XorCodec.drift is None else out ^ np.uint8(1))
+
+    async def _decode_single(self, chunk, spec):
+        return self._xor(chunk, spec)
+
+    def _encode_sync(self, chunk, spec):
+        return self._xor(chunk, spec)
+
+    async def _encode_single(self, chunk, spec):
+        return self._xor(chunk, spec)
+
+    def compute_encoded_size(self, input_byte_length, chunk_spec):
+        return input_byte_length
+
+
+@dataclass(frozen=True)
+class AsyncXorCodec(BytesBytesCodec):
+    """The same codec without a synchronous decode, as zarr 3.1.0 - 3.1.5 and some plugins have them."""
+
+    is_fixed_size = True
+    name: ClassVar[str] = "daskfeed-test-async-xor"
+
+    @classmethod
+    def from_dict(cls, data):
+        return cls()
+
+    def to_dict(self):
+        return {"name": self.name}
+
+    async def _decode_single(self, chunk, spec):
+        return spec.prototype.buffer.from_array_like(chunk.as_numpy_array() ^ np.uint8(0x5A))
+
+    async def _encode_single(self, chunk, spec):
+        return spec.prototype.buffer.from_array_like(chunk.as_numpy_array() ^ np.uint8(0x5A))
+
+    def compute_encoded_size(self, input_byte_length, chunk_spec):
+        return input_byte_length
+
+
+for _codec in (XorCodec, AsyncXorCodec):
+    zarr.registry.register_codec(_codec.name, _codec)
+
+
+def codec_array(path, codec, rows: int):
+    data = np.random.default_rng(1).integers(0, 2**31, (N, 4)).astype("i4")
+    z = zarr.create_array(str(path), shape=data.shape, chunks=(rows, 4), dtype="i4", compressors=[codec])
+    z[:] = data
+    return zarr.open_array(str(path), mode="r"), data
+
+
+@pytest.mark.parametrize(
+    ("drift", "rows", "why"),
+    [
+        ("wrong", 97, r"daskfeed's decode of stored chunk 'c/\d+/0' differs from zarr's own read of the same bytes"),
+        ("raises", 89, r"decoding stored chunk 'c/\d+/0' raised NotImplementedError: this codec decodes only in"),
+    ],
+)
+def test_a_decode_that_disagrees_with_zarrs_own_read_is_turned_off_with_a_warning(
+    tmp_path, monkeypatch, drift, rows, why
+):
+    monkeypatch.setattr(XorCodec, "drift", drift)
+    z, data = codec_array(tmp_path / "a.zarr", XorCodec(), rows)
+    assert ChunkCodec.of(z) is not None  # it has a synchronous decode: tried, and checked at its first chunk
+    with pytest.warns(FastPathWarning) as caught:
+        got, _ = served_in_storage_order(daskfeed.open_zarr(z), np.arange(N), memory_budget="40KB", reads_per_chunk=1)
+    np.testing.assert_array_equal(got, data)  # every chunk decoded by zarr, the one compared too
+    (warning,) = [w for w in caught if issubclass(w.category, FastPathWarning)]  # once, from many threads
+    message = str(warning.message)
+    assert message.startswith(f"daskfeed's own chunk decoding is off for zarr array '{z.store_path}': "), message
+    assert re.search(why, message) and f"(zarr {zarr.__version__}, numpy {np.__version__};" in message, message
+    assert "read through zarr instead" in message and issubclass(FastPathWarning, daskfeed.DaskfeedWarning)
+    # The verdict holds for the process: an array of the same configuration goes to zarr at once, unwarned.
+    other, data = codec_array(tmp_path / "b.zarr", XorCodec(), rows)
+    warnings.simplefilter("error", FastPathWarning)
+    assert ChunkCodec.of(other) is None
+    got, _ = served_in_storage_order(daskfeed.open_zarr(other), np.arange(N), memory_budget="40KB", reads_per_chunk=1)
+    np.testing.assert_array_equal(got, data)
+
+
+def test_a_codec_without_a_synchronous_decode_is_read_by_zarr_with_a_warning(tmp_path):
+    z, data = codec_array(tmp_path / "a.zarr", AsyncXorCodec(), 100)
+    with pytest.warns(
+        FastPathWarning,
+        match=rf"off for zarr array .*: codec AsyncXorCodec has no synchronous decode .*\(zarr {zarr.__version__},",
+    ):
+        assert ChunkCodec.of(z) is None
+    warnings.simplefilter("error", FastPathWarning)  # once per process and configuration
+    got, _ = served_in_storage_order(daskfeed.open_zarr(z), np.arange(N), memory_budget="40KB", reads_per_chunk=1)
+    np.testing.assert_array_equal(got, data)
+
+
+def test_a_rectilinear_grid_is_left_to_zarr_with_a_warning(tmp_path):
+    if not hasattr(zarr.Array, "read_chunk_sizes"):
+        pytest.skip(f"zarr {zarr.__version__} has no rectilinear chunk grids (zarr 3.4 on)")
+    with zarr.config.set({"array.rectilinear_chunks": True}):
+        z = zarr.create_array(str(tmp_path / "r.zarr"), shape=(60, 4), chunks=[[10, 20, 30], [4]], dtype="i4")
+    with pytest.warns(FastPathWarning, match=r"off for zarr array .*: its chunk grid is not regular"):
+        assert ChunkCodec.of(z) is None
 
 
 def test_a_sharded_array_is_left_to_zarr_and_reads_the_same(tmp_path):
