@@ -254,14 +254,11 @@ def test_a_loader_racing_a_real_overwrite_finishes_on_the_old_data_or_raises(tmp
     outcomes = []
     try:
         while writer.poll() is None or len(outcomes) < 2:  # epochs while the writer runs, and one after
-            loader = daskfeed.Loader(arrays["x"], arrays["y"], batch_size=100, seed=0, memory_budget="1.2MB")
-            try:
-                outcomes.append(sum(paired(b) for b in loader))
+            try:  # made on arrays opened before the writer started: refused at once once it has committed
+                with daskfeed.Loader(arrays["x"], arrays["y"], batch_size=100, seed=0, memory_budget="1.2MB") as loader:
+                    outcomes.append(sum(paired(b) for b in loader))
             except daskfeed.StoreError:
                 outcomes.append("replaced")
-            finally:
-                loader.close()
-            if outcomes[-1] == "replaced":
                 break
     finally:
         assert writer.wait() == 0
