@@ -24,6 +24,7 @@ from daskfeed.inputs import open_zarr
 from daskfeed.layout import Layout
 from daskfeed.loader import Loader
 from daskfeed.options import DEFAULT_MEMORY_BUDGET, LoaderOptions, Shard, parse_bytes
+from daskfeed.parts import Part, split
 
 __version__ = "0.1.0"
 
@@ -44,6 +45,7 @@ __all__ = [
     "LoaderOptions",
     "MemoryBudgetError",
     "OrderWarning",
+    "Part",
     "Shard",
     "StoreError",
     "StoreInfo",
@@ -55,6 +57,7 @@ __all__ = [
     "ingest",
     "open_zarr",
     "parse_bytes",
+    "split",
 ]
 
 # The front-ends import Keras / TensorFlow; load them on first use so `import daskfeed` stays cheap.

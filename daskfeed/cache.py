@@ -198,6 +198,9 @@ class WindowCache:
     def take(self, plan: EpochPlan, first: int, last: int, leaves: Sequence[Any]) -> list[np.ndarray]:
         """Batches ``first`` to ``last - 1`` of ``plan`` as one array per leaf, cut a window at a time.
 
+        ``leaves`` give each leaf's ``sample_shape`` and ``dtype`` as served (a sample cut by ``window=`` has
+        the window's shape).
+
         A window is pinned only while its rows are copied, and a batch never waits for a window while it
         holds another, so concurrent callers cannot deadlock over the slots.
         """
@@ -215,8 +218,10 @@ class WindowCache:
                 for array, take, o in zip(window.arrays, window.takes, out):
                     if isinstance(take, slice):
                         o[dest] = array[take.start + lo : take.start + hi]
-                    else:
+                    elif isinstance(take, np.ndarray):
                         np.take(array, take[lo:hi], axis=0, out=o[dest])
+                    else:  # samples cut by window=: gathered from raw rows
+                        take.into(array, lo, hi, o[dest])
                 batches = plan.batches_of(w)
                 served = range(max(first, batches.start), min(last, batches.stop))
             finally:
@@ -283,7 +288,7 @@ class WindowCache:
     def _start(self, plan: EpochPlan, window: int) -> None:
         """Start making a window in a free slot. It takes spare storage that fits now, so that a buffer is
         always either spare or a window's, and drops spare storage the slot needs (spare + live <= SLOTS)."""
-        size = plan.window_size(window)
+        size = plan.window_rows(window)
         # By position, never by value: ``list.remove`` would compare numpy buffers with ``==``.
         fits = next((i for i, s in enumerate(self.spare) if storage_rows(s) >= size), None)
         storage = self.spare.pop(fits) if fits is not None else None

@@ -171,6 +171,9 @@ def as_sequence(
     missing_chunks: str = "warn",
     no_workers_timeout: float = 60.0,
     concurrency: int = 32,
+    window: dict[int, int] | None = None,
+    stride: dict[int, int] | None = None,
+    transform: Any = None,
     workers: int = 1,
     use_multiprocessing: bool = False,
     max_queue_size: int = 10,
@@ -185,9 +188,10 @@ def as_sequence(
     y, sample_weight : array or dict of arrays, optional
         Targets and per-sample weights, the same kinds as ``x``. ``x`` alone serves prediction.
     batch_size, shuffle, seed, drop_remainder, memory_budget, reads_per_chunk, scheduler, shard, \
-    missing_chunks, no_workers_timeout, concurrency
+    missing_chunks, no_workers_timeout, concurrency, window, stride, transform
         The loader's knobs, documented in :class:`daskfeed.LoaderOptions`. The defaults: batches of 32,
-        shuffled across chunks with a drawn seed, a memory budget of 1 GiB, ``reads_per_chunk="auto"``.
+        shuffled across chunks with a drawn seed, a memory budget of 1 GiB, ``reads_per_chunk="auto"``, one
+        sample per row (``window={0: 48}`` serves windows of a series, ``window={1: 64, 2: 64}`` patches).
     workers, use_multiprocessing, max_queue_size
         Accepted as ``keras.utils.PyDataset`` takes them, but Keras always gets ``workers=1`` and
         ``use_multiprocessing=False`` (with a :class:`daskfeed.DaskfeedWarning` when asked for more): Keras's

@@ -13,9 +13,11 @@ from dask.utils import format_bytes
 from daskfeed.errors import MemoryBudgetError
 from daskfeed.options import LoaderOptions
 from daskfeed.plan import PlanConfig, shard_chunks
+from daskfeed.samples import Geometry, RowMap, SampleUnits
 
 __all__ = [
     "DECODE_SHARE",
+    "HEADS_FRACTION",
     "HELD_FRACTION",
     "MAX_AUTO_READS",
     "MEMORY_CHUNK_BYTES",
@@ -36,6 +38,9 @@ MIX_TARGET = 32
 MAX_AUTO_READS = 32
 #: Arrays small beside the budget (labels, weights), up to this share of it together, are read once and held whole.
 HELD_FRACTION = 0.05
+#: The rows windows of a series reach into the next chunk ("heads") are read once and held when they take up to
+#: this share of the budget; above it, a read unit reads those rows from the next chunk, decoding it again.
+HEADS_FRACTION = 0.25
 #: Read units for inputs that are all in memory (numpy): about this many bytes each, for ``shard=``.
 MEMORY_CHUNK_BYTES = 4 * 2**20
 #: Bytes of one entry of a serving order (a window's index arrays).
@@ -93,6 +98,14 @@ class Layout:
     served_per_epoch: int
     #: Why ``reads_per_chunk`` is what it is, in a sentence.
     reason: str
+    #: Samples cut by ``window=`` (None: one sample per row): what a sample is, the units' rows, and whether the
+    #: rows a unit's last samples reach into the next chunk ("heads") are held (else read with the unit).
+    geometry: Geometry | None = None
+    sample_units: SampleUnits | None = None
+    heads: bool = False
+    heads_bytes: int = 0
+    #: Raw rows a window holds at most (samples cut by ``window=``).
+    window_rows: int = 0
 
     @property
     def n_units(self) -> int:
@@ -108,16 +121,23 @@ class Layout:
         """One line: units, reads, residency and amplification, as ``repr`` and ``daskfeed info`` show them."""
         units = f"{self.n_units} read units" + (f" (chunks of {self.unit_array})" if self.unit_array else "")
         held = f", {', '.join(self.held)} held whole" if self.held else ""
+        if self.geometry is not None:
+            units = f"{self.geometry.describe()}; {units}"
+            if self.heads:
+                held += f", heads of the next chunks held ({format_bytes(self.heads_bytes)})"
         if self.resident:
             return f"{units}{held}; all fits the budget: decoded once, then full shuffles in memory"
+        size = f"{self.window_rows} rows" if self.geometry is not None else f"{self.window_samples} samples"
         return (
-            f"{units}{held}; reads_per_chunk={self.reads_per_chunk}, window<={self.window_samples} samples, "
+            f"{units}{held}; reads_per_chunk={self.reads_per_chunk}, window<={size}, "
             f"decode amplification {self.amplification:.2f}x"
         )
 
-    def plan_config(self, options: LoaderOptions) -> PlanConfig:
-        """The plan these reads follow, for the seed, batch size and shard of ``options``."""
+    def plan_config(self, options: LoaderOptions, subset: Any = None) -> PlanConfig:
+        """The plan these reads follow, for the seed, batch size and shard of ``options`` (and the samples of a
+        part of :func:`daskfeed.split`, given its ``subset``)."""
         return PlanConfig(
+            subset=subset,
             chunk_bounds=self.chunk_bounds,
             batch_size=options.batch_size,
             seed=options.seed,
@@ -127,7 +147,15 @@ class Layout:
             window_samples=self.window_samples,
             shard=options.shard.as_tuple(),
             resident=self.resident,
+            **self._rows(),
         )
+
+    def _rows(self) -> dict[str, Any]:
+        """The plan's knobs for windows of raw rows (samples cut by ``window=``)."""
+        if self.sample_units is None:
+            return {}
+        u = self.sample_units
+        return dict(segment_rows=u.hi - u.lo, sample_rows=self.geometry.length, window_rows=self.window_rows)
 
 
 def _memory_bounds(n: int, bytes_per_sample: int) -> np.ndarray:
@@ -186,10 +214,19 @@ def _setting(arrays: Sequence[Any], n: int, options: LoaderOptions) -> _Setting:
     )
 
 
-def choose_layout(arrays: Sequence[Any], n_samples: int, options: LoaderOptions, *, mixed: bool = False) -> Layout:
+def choose_layout(
+    arrays: Sequence[Any],
+    n_samples: int,
+    options: LoaderOptions,
+    *,
+    mixed: bool = False,
+    geometry: Geometry | None = None,
+) -> Layout:
     """Decide how to read ``arrays`` within ``options.memory_budget``.
 
-    ``arrays`` are :class:`ArraySpec` or anything with the same three attributes (a loader's leaves).
+    ``arrays`` are :class:`ArraySpec` or anything with the same three attributes (a loader's leaves);
+    ``n_samples`` is the length of axis 0. ``geometry`` cuts samples out of rows (``window=``, see
+    :mod:`daskfeed.samples`): windows then hold raw rows, counted as such in the budget.
 
     The read units are the chunks of the array that costs the most to decode; other lazy arrays are read per
     unit (their chunks clipped to it, never merged into fewer units). Lazy arrays that are small beside the
@@ -202,6 +239,8 @@ def choose_layout(arrays: Sequence[Any], n_samples: int, options: LoaderOptions,
         When no layout fits; the message gives the smallest budget that works.
     """
     setting = _setting(arrays, n_samples, options)
+    if geometry is not None:
+        return _choose_samples(setting, geometry, options, mixed)
     layout = _decide(setting, options, options.memory_budget, mixed)
     if layout is not None:
         return layout
@@ -330,6 +369,207 @@ def _too_small(s: _Setting, options: LoaderOptions, mixed: bool) -> MemoryBudget
         f"fit one read unit ({unit} read {reads}x = {part} samples) plus one batch ({options.batch_size} samples) "
         f"at {per_sample} bytes per sample; the smallest budget that works is {format_bytes(works)} ({works} "
         "bytes). Raise memory_budget, lower batch_size, or store smaller chunks.",
+        smallest=works,
+    )
+
+
+# -- samples cut by window= ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Samples:
+    """What does not depend on the budget, for samples cut by ``window=``: the units and the shard's share."""
+
+    s: _Setting
+    g: Geometry
+    u: SampleUnits
+    chunks: np.ndarray  # the shard's read units (indices into u)
+    m: np.ndarray  # samples of each of them
+    seg: np.ndarray  # rows their samples span
+
+    def rows_held(self, reads: int) -> np.ndarray:
+        """Rows a read of each unit holds at most (as :class:`daskfeed.plan.EpochPlan` packs them)."""
+        return np.minimum(self.seg, -(-self.m // reads) * self.g.length)
+
+    def batch_rows(self, batch_size: int) -> int:
+        """Room a window keeps beside its largest read unit: a row per sample of a batch (windows that hold more
+        rows than that serve more batches each; a batch may span several windows)."""
+        return -(-batch_size // self.g.n_patches)
+
+    def index_bytes(self, held: list[ArraySpec], windowed: list[ArraySpec]) -> int:
+        """Bytes of a window's index arrays per sample: start rows in its buffers, in arrays held whole, patches."""
+        whole = bool(held) or self.s.in_memory
+        return INDEX_BYTES * (int(bool(windowed)) + int(whole) + int(self.g.n_patches > 1))
+
+
+def _choose_samples(s: _Setting, g: Geometry, options: LoaderOptions, mixed: bool) -> Layout:
+    u = g.units(s.bounds)
+    chunks = shard_chunks(len(u.sample_bounds) - 1, options.shard.as_tuple(), options.seed, options.shuffle)
+    ss = _Samples(s, g, u, chunks, np.diff(u.sample_bounds)[chunks], (u.hi - u.lo)[chunks])
+    layout = _decide_samples(ss, options, options.memory_budget, mixed)
+    if layout is not None:
+        return layout
+    raise _too_small_samples(ss, options, mixed)
+
+
+def _range_bytes(spec: ArraySpec, starts: np.ndarray, stops: np.ndarray) -> int:
+    """Bytes of ``spec``'s chunks decoded to read rows ``[starts, stops)``, each range once."""
+    own = spec.bounds
+    first = np.searchsorted(own, starts, side="right") - 1
+    last = np.searchsorted(own, stops - 1, side="right") - 1
+    return int((own[last + 1] - own[first]).sum()) * spec.bytes_per_sample
+
+
+def _decide_samples(ss: _Samples, options: LoaderOptions, budget: int, mixed: bool) -> Layout | None:
+    s, u = ss.s, ss.u
+    held: list[ArraySpec] = []
+    for spec in s.others:
+        if sum(a.nbytes for a in held) + spec.nbytes > HELD_FRACTION * budget:
+            break
+        held.append(spec)
+    windowed = [a for a in s.arrays if a.bounds is not None and a not in held]
+    held_bytes = sum(a.nbytes for a in held)
+    rows = RowMap.of(u.lo[ss.chunks], u.hi[ss.chunks]).rows
+    index = ss.index_bytes(held, windowed)
+    resident_bytes = held_bytes + rows * sum(a.bytes_per_sample for a in windowed) + int(ss.m.sum()) * index * SLOTS
+    if resident_bytes <= budget:
+        return _samples_layout(
+            ss,
+            held,
+            windowed,
+            resident=True,
+            reads_per_chunk=1,
+            window_samples=int(ss.m.sum()),
+            window_rows=rows,
+            held_bytes=resident_bytes,
+            decoded_per_epoch=0,
+            reason="the data fits the memory budget: each chunk is decoded once, then every epoch is a full shuffle",
+        )
+    # Stream. Holding the heads and the small arrays leaves less for windows; if that does not fit, do without.
+    for heads in (True, False) if ss.g.length > 1 else (False,):
+        for keep in (held, []) if held else ([],):
+            layout = _streaming_samples(ss, options, budget, keep, heads, mixed)
+            if layout is not None:
+                return layout
+    return None
+
+
+def _samples_layout(ss: _Samples, held: list[ArraySpec], windowed: list[ArraySpec], **decided: Any) -> Layout:
+    s, u = ss.s, ss.u
+    rows = RowMap.of(u.lo[ss.chunks], u.hi[ss.chunks]).rows
+    return Layout(
+        unit_array=s.unit.name if s.unit else None,
+        chunk_bounds=u.sample_bounds,
+        shard_chunks=ss.chunks,
+        held=tuple(a.name for a in held),
+        windowed=tuple(a.name for a in windowed),
+        served_per_epoch=rows * sum(a.bytes_per_sample for a in (*held, *windowed)),
+        geometry=ss.g,
+        sample_units=u,
+        **decided,
+    )
+
+
+def _streaming_samples(
+    ss: _Samples, options: LoaderOptions, budget: int, held: list[ArraySpec], heads: bool, mixed: bool
+) -> Layout | None:
+    u, chunks = ss.u, ss.chunks
+    windowed = [a for a in ss.s.arrays if a.bounds is not None and a not in held]
+    row_bytes = sum(a.bytes_per_sample for a in windowed)
+    own = np.minimum(u.own_stop(chunks), u.hi[chunks])
+    heads_bytes = RowMap.of(own, u.hi[chunks]).rows * row_bytes if heads else 0
+    if heads_bytes > HEADS_FRACTION * budget:
+        return None
+    per_row = max(1, row_bytes + ss.g.n_patches * ss.index_bytes(held, windowed))
+    cap = (budget - sum(a.nbytes for a in held) - heads_bytes) // (SLOTS * per_row)
+    reads, reason = _reads_samples(ss, options, cap, mixed)
+    if reads is None:
+        return None
+    stops = own if heads else u.hi[chunks]
+    return _samples_layout(
+        ss,
+        held,
+        windowed,
+        resident=False,
+        reads_per_chunk=reads,
+        window_samples=int(cap * ss.m.sum() // max(1, int(ss.rows_held(reads).sum()))),  # about, at full windows
+        window_rows=int(cap),
+        held_bytes=sum(a.nbytes for a in held) + heads_bytes,
+        decoded_per_epoch=reads * sum(_range_bytes(a, u.lo[chunks], stops) for a in windowed),
+        heads=bool(heads_bytes),
+        heads_bytes=int(heads_bytes),
+        reason=reason,
+    )
+
+
+def _reads_samples(ss: _Samples, options: LoaderOptions, cap: int, mixed: bool) -> tuple[int | None, str]:
+    """As :func:`_reads`, for windows of raw rows: a read of a unit holds the rows its samples span."""
+    batch_rows = ss.batch_rows(options.batch_size)
+
+    def fits(reads: int) -> bool:
+        return cap >= int(ss.rows_held(reads).max()) + batch_rows
+
+    if options.reads_per_chunk != "auto":
+        reads = int(options.reads_per_chunk)
+        return (reads, "reads_per_chunk was given") if fits(reads) else (None, "")
+    if not options.shuffle:
+        return (1, "shuffle=False reads every chunk once") if fits(1) else (None, "")
+    limit = max(1, min(MAX_AUTO_READS, int(ss.m.max())))
+    fitting = next((r for r in range(1, limit + 1) if fits(r)), None)
+    if fitting is None:
+        return None, ""
+    forced = ""
+    if fitting > 1:
+        forced = f"the rows of a read unit ({int(ss.rows_held(1).max())}) do not fit a window of {cap}"
+    if mixed:
+        return fitting, forced or "the store was written in random order (daskfeed ingest --shuffle): one read mixes"
+    # A read that keeps 1/r of a unit's samples holds only the rows they span: with windows that overlap, nearly
+    # all of them, so more reads would decode more without mixing more. Take the fewest reads that reach the
+    # most places a window can draw from (up to MIX_TARGET).
+    # A read whose rows do not shrink with it (long windows, few samples per chunk) decodes more for little more
+    # mixing: stop where a read more would buy less than half the places it would with one row per sample.
+    places = min(MIX_TARGET, len(ss.m))
+    first = cap / float(ss.rows_held(fitting).mean())
+    best, most = fitting, first
+    for r in range(fitting, limit + 1):
+        per_window = cap / float(ss.rows_held(r).mean())
+        if per_window < 0.5 * first * r / fitting:
+            break
+        if per_window > most * 1.05:
+            best, most = r, per_window
+        if most >= places:
+            break
+    if best == fitting:
+        return fitting, forced or f"a window holds {most:.0f} read units: one read per chunk mixes as much as more"
+    return best, (
+        f"a window holds {most:.1f} of {len(ss.m)} read units; reading each chunk {best}x (each read holding only "
+        "the rows its samples span) lets it draw from more places of the array"
+    )
+
+
+def _too_small_samples(ss: _Samples, options: LoaderOptions, mixed: bool) -> MemoryBudgetError:
+    budget = options.memory_budget
+    reads = MAX_AUTO_READS if options.reads_per_chunk == "auto" and options.shuffle else options.reads_per_chunk
+    reads = max(1, min(1 if reads == "auto" else int(reads), int(ss.m.max())))
+    windowed = [a for a in ss.s.arrays if a.bounds is not None]
+    per_row = max(1, sum(a.bytes_per_sample for a in windowed) + ss.g.n_patches * ss.index_bytes([], windowed))
+    rows = int(ss.rows_held(reads).max())
+    batch_rows = ss.batch_rows(options.batch_size)
+    works = SLOTS * per_row * (rows + batch_rows)  # streaming every array, no heads held: always a layout
+    lo = 1
+    while lo < works:
+        mid = (lo + works) // 2
+        if _decide_samples(ss, options, mid, mixed) is not None:
+            works = mid
+        else:
+            lo = mid + 1
+    unit = f" of {ss.s.unit.name}" if ss.s.unit else ""
+    return MemoryBudgetError(
+        f"memory_budget={format_bytes(budget)} is too small: each of the {SLOTS} windows the loader holds must "
+        f"fit one read unit (the {rows} rows that the samples starting in a chunk{unit} span, read {reads}x) plus "
+        f"room for a batch ({batch_rows} rows) at {per_row} bytes per row; the "
+        f"smallest budget that works is {format_bytes(works)} ({works} bytes). Raise memory_budget, lower "
+        "batch_size, or store smaller chunks.",
         smallest=works,
     )
 

@@ -21,10 +21,13 @@ from daskfeed.integrity import StoreWatch, check_missing
 from daskfeed.interrupts import Interrupts
 from daskfeed.layout import DecodeLimit, Layout, choose_layout, decode_limit
 from daskfeed.options import LoaderOptions, check_int, check_shared_seed, parse_loader_options
+from daskfeed.parts import Part, Subset
 from daskfeed.plan import EpochPlan, PlanConfig
 from daskfeed.prefetch import Scheduler, usable_cores
+from daskfeed.samples import Cut, sample_geometry
 from daskfeed.state import check_state, fingerprint, make_state
-from daskfeed.windows import WindowMaker, decoded_at_once
+from daskfeed.transform import Ahead, apply_transform, transform_rng
+from daskfeed.windows import decoded_at_once, window_maker
 
 __all__ = ["Loader"]
 
@@ -53,10 +56,20 @@ class _Runtime:
 
     def __init__(self, loader: Loader):
         self.pid = os.getpid()
+        weak = weakref.ref(loader)  # the pool's threads must not keep the loader alive
+
+        def make(epoch: int, index: int) -> Any:
+            owner = weak()
+            if owner is None:
+                raise DaskfeedError("this loader was freed while a transformed batch was made ahead")
+            return owner._batch(index, epoch)
+
+        #: Transformed batches made ahead for a caller that asks one at a time (``transform=`` only).
+        self.ahead = Ahead(make)
         self.lock = threading.Lock()
         self.config = loader.config
         self.plans: dict[int, EpochPlan] = {}
-        self.maker = WindowMaker(loader.inputs, loader.layout, loader._scheduler, loader._watch)
+        self.maker = window_maker(loader.inputs, loader.layout, loader._scheduler, loader._watch)
         maker = self.maker
         self.cache = WindowCache(maker.make, self.plan, lambda: maker.held_nbytes)
         self.cache.epoch = loader.epoch
@@ -106,10 +119,23 @@ class Loader:
     ):
         self.options = parse_loader_options(options, **knobs)
         heap.threshold()  # DASKFEED_MMAP_THRESHOLD: a bad value fails here, not in a reading thread
+        #: The part of :func:`daskfeed.split` this loader serves, or None for every sample.
+        self.subset: Subset | None = None
+        if isinstance(x, Part):
+            if y is not None or sample_weight is not None:
+                raise InputError(
+                    "a part of daskfeed.split carries its arrays (x, y and sample_weight): pass the part alone, "
+                    "as in as_sequence(part, batch_size=...)"
+                )
+            x, y, sample_weight, self.subset = x.x, x.y, x.sample_weight, x.subset
         self.inputs: Inputs = normalize_inputs(x, y, sample_weight)
         mixed = self.inputs.written_shuffled()
-        self.layout: Layout = choose_layout(self.inputs.leaves, self.inputs.n_samples, self.options, mixed=mixed)
-        self.config: PlanConfig = self.layout.plan_config(self.options)
+        #: What a sample is when ``window=`` cuts samples out of rows; None for one sample per row.
+        self.geometry = sample_geometry(self.inputs, self.options.window, self.options.stride)
+        self.layout: Layout = choose_layout(
+            self.inputs.leaves, self.inputs.n_samples, self.options, mixed=mixed, geometry=self.geometry
+        )
+        self.config: PlanConfig = self.layout.plan_config(self.options, self.subset)
         check_shared_seed(self.options)  # after the layout: a shard count above the read units is named first
         # Chunks being decoded stay within a share of the budget (beyond it): fewer at once where chunks are large.
         self.decode_limit: DecodeLimit = decode_limit(
@@ -170,6 +196,22 @@ class Loader:
         return self.options.memory_budget
 
     @property
+    def n_samples(self) -> int:
+        """Samples of the arrays: rows of axis 0, or the windows ``window=`` cuts (all shards together; of a
+        part of :func:`daskfeed.split`, the part's)."""
+        if self.subset is not None:
+            return int(self.config.lengths.sum())
+        return self.inputs.n_samples if self.geometry is None else self.geometry.n_samples
+
+    @property
+    def served(self) -> tuple[Any, ...]:
+        """Each leaf as batches serve it: its ``name``, ``sample_shape`` (a batch leaf is ``(batch,
+        *sample_shape)``), ``dtype`` and ``bytes_per_sample``."""
+        if self.geometry is not None:
+            return self.geometry.cuts
+        return tuple(Cut(leaf.name, False, (), leaf.sample_shape, leaf.dtype) for leaf in self.inputs.leaves)
+
+    @property
     def epoch(self) -> int:
         """The current epoch; :meth:`set_epoch` moves it."""
         return self._epoch
@@ -220,7 +262,7 @@ class Loader:
         # a process forked while another thread holds it. Two threads working it out at once agree.
         digest = self.__dict__.get("_fingerprint")
         if digest is None:
-            digest = self._fingerprint = fingerprint(self.inputs, self.config)
+            digest = self._fingerprint = fingerprint(self.inputs, self.config, self.geometry)
         return digest
 
     def state(self, epoch: int | None = None, next_batch: int | None = None) -> dict[str, Any]:
@@ -247,13 +289,33 @@ class Loader:
         return self._live().plan(self._epoch if epoch is None else epoch)
 
     def batch(self, index: int, epoch: int | None = None) -> Any:
-        """Batch ``index`` of ``epoch`` as numpy arrays: ``x``, ``(x, y)`` or ``(x, y, sample_weight)``."""
+        """Batch ``index`` of ``epoch`` as numpy arrays: ``x``, ``(x, y)`` or ``(x, y, sample_weight)``.
+
+        With ``transform=``, the transformed batch; asked in order (``i`` after ``i - 1``), the next few
+        batches are transformed ahead on ``daskfeed-transform-N`` threads.
+        """
+        epoch = self._epoch if epoch is None else epoch
         plan = self.plan(epoch)
         if isinstance(index, (bool, np.bool_)) or not isinstance(index, (int, np.integer)):
             raise InputTypeError(f"batch index must be an int, got {type(index).__name__}")
         if index < 0:
             index += plan.n_batches
-        return self.inputs.pack(self._fill(plan, int(index), int(index) + 1))
+        if self.options.transform is None:
+            return self.inputs.pack(self._fill(plan, int(index), int(index) + 1))
+        plan.batch_span(int(index))  # an IndexError here, not on a thread
+        return self._live().ahead.get(int(epoch), int(index), plan.n_batches)
+
+    def _batch(self, index: int, epoch: int) -> Any:
+        """Batch ``index`` of ``epoch``, transformed."""
+        plan = self.plan(epoch)
+        return self._transform(self.inputs.pack(self._fill(plan, index, index + 1)), epoch, index)
+
+    def _transform(self, batch: Any, epoch: int, index: int) -> Any:
+        transform = self.options.transform
+        if transform is None:
+            return batch
+        rng = transform_rng(self.options.seed, self.options.shard.index, epoch, index)
+        return apply_transform(transform, self.inputs.pack, self.inputs.structure, batch, rng, epoch, index)
 
     def __iter__(self) -> Iterator[Any]:
         """The batches of the current epoch in order, then :meth:`set_epoch` to the next one.
@@ -288,7 +350,10 @@ class Loader:
             hi = min(lo + per, self._n_batches)
             arrays, base = self._fill(plan, lo, hi), plan.batch_span(lo)[0]
             spans = [plan.batch_span(b) for b in range(lo, hi)]
-            return [self.inputs.pack([a[start - base : stop - base] for a in arrays]) for start, stop in spans]
+            return [
+                self._transform(self.inputs.pack([a[start - base : stop - base] for a in arrays]), epoch, b)
+                for b, (start, stop) in zip(range(lo, hi), spans)
+            ]
 
         try:
             for batches in _ahead(run, -(-(self._n_batches - first) // per), self.BATCHES_AHEAD // per):
@@ -300,6 +365,27 @@ class Loader:
         finally:
             self._forget(epoch)
         self.set_epoch(epoch + 1)
+
+    def batches(self, epoch: int) -> Iterator[Any]:
+        """Every batch of ``epoch`` in order (transformed, with ``transform=``), made ahead on a
+        ``daskfeed-batches-N`` thread; the epoch's windows are let go at the end. Does not move the epoch."""
+        plan, per = self.plan(epoch), self.BATCHES_PER_RUN
+        n = plan.n_batches
+
+        def run(i: int) -> list[Any]:
+            lo, hi = i * per, min((i + 1) * per, n)
+            arrays, base = self._fill(plan, lo, hi), plan.batch_span(lo)[0]
+            return [
+                self._transform(self.inputs.pack([a[s - base : t - base] for a in arrays]), epoch, b)
+                for b in range(lo, hi)
+                for s, t in (plan.batch_span(b),)
+            ]
+
+        try:
+            for made in _ahead(run, -(-n // per), self.BATCHES_AHEAD // per):
+                yield from made
+        finally:
+            self._forget(epoch)
 
     def blocks(self, epoch: int, batches_per_block: int) -> Iterator[Any]:
         """The epoch as runs of ``batches_per_block`` whole batches, each run one array per leaf.
@@ -325,6 +411,7 @@ class Loader:
         runtime, self._runtime = self._runtime, None
         if runtime is not None:
             runtime.finalizer.detach()
+            runtime.ahead.close()
             runtime.cache.close()
             self._final_stats = runtime.cache.stats.as_dict()
 
@@ -343,7 +430,7 @@ class Loader:
     def __repr__(self) -> str:
         names = ", ".join(leaf.name for leaf in self.inputs.leaves)
         return (
-            f"<daskfeed.Loader {names}: {self.inputs.n_samples} samples, batch_size={self.batch_size}, "
+            f"<daskfeed.Loader {names}: {self.n_samples} samples, batch_size={self.batch_size}, "
             f"{self._n_batches} batches/epoch, epoch={self._epoch}, {self.layout.describe()}, "
             f"memory_budget={_format(self.memory_budget)}>"
         )
@@ -356,12 +443,12 @@ class Loader:
         runtime = self._runtime
         if runtime is None or runtime.pid != os.getpid():  # first use, after unpickling, or in a forked child
             runtime = _Runtime(self)
-            runtime.finalizer = weakref.finalize(self, _shut, runtime.cache, self._scheduler)
+            runtime.finalizer = weakref.finalize(self, _shut, runtime.cache, self._scheduler, runtime.ahead)
             self._runtime = runtime
         return runtime
 
     def _fill(self, plan: EpochPlan, first: int, last: int) -> list[np.ndarray]:
-        return self._live().cache.take(plan, first, last, self.inputs.leaves)
+        return self._live().cache.take(plan, first, last, self.served)
 
     def _forget(self, epoch: int) -> None:
         runtime = self._runtime
@@ -369,7 +456,8 @@ class Loader:
             runtime.cache.forget_epoch(epoch)
 
 
-def _shut(cache: WindowCache, scheduler: Scheduler) -> None:
+def _shut(cache: WindowCache, scheduler: Scheduler, ahead: Ahead) -> None:
+    ahead.close()
     scheduler.close()
     cache.close()
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import secrets
 import sys
 from collections.abc import Mapping
@@ -37,22 +38,30 @@ MISSING_CHUNKS = ("warn", "error", "fill")
 _SCHEDULER_NAMES = ("threads", "threading", "synchronous", "sync", "single-threaded", "processes", "multiprocessing")
 
 
-def parse_bytes(value: int | str, name: str = "memory_budget") -> int:
-    """``"512MB"`` -> ``512_000_000``; ``"1GiB"`` -> ``1_073_741_824``; ints pass through.
+def parse_bytes(value: int | float | str, name: str = "memory_budget") -> int:
+    """``"512MB"`` -> ``512_000_000``; ``"1GiB"`` -> ``1_073_741_824``; ints, and floats that are a whole number of
+    bytes (``1e9``), pass through.
 
     Parsing is dask's (``dask.utils.parse_bytes``); errors name the argument.
 
     Examples
     --------
-    >>> parse_bytes("512MB"), parse_bytes("1.5 GiB"), parse_bytes(4096)
-    (512000000, 1610612736, 4096)
+    >>> parse_bytes("512MB"), parse_bytes("1.5 GiB"), parse_bytes(4096), parse_bytes(1e9)
+    (512000000, 1610612736, 4096, 1000000000)
     """
     from dask.utils import parse_bytes as dask_parse_bytes
 
-    if isinstance(value, bool) or not isinstance(value, (int, str, np.integer)):
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, str, np.integer, np.floating)):
         raise MemoryBudgetError(
             f"{name} must be a number of bytes or a string like '512MB', got {type(value).__name__} {value!r}"
         )
+    if isinstance(value, (float, np.floating)):
+        if not (math.isfinite(value) and float(value).is_integer()):
+            raise MemoryBudgetError(
+                f"{name} must be a whole number of bytes, got {value!r}; round it (int({value!r})) or give a size "
+                "string like '512MB' or '1.5GiB'"
+            )
+        value = int(value)
     if isinstance(value, str):
         try:
             value = dask_parse_bytes(value)
@@ -203,8 +212,9 @@ class LoaderOptions:
         front-ends and with any number of threads. ``None`` draws one (see ``loader.seed``).
     drop_remainder : bool, default False
         Drop the last, smaller batch of each epoch (gives ``as_dataset`` a static batch dimension).
-    memory_budget : int or str, default 1 GiB
-        Bytes of decoded data the loader may hold at once (``"512MB"``, ``"2GiB"`` or an int). When every
+    memory_budget : int, float or str, default 1 GiB
+        Bytes of decoded data the loader may hold at once (``"512MB"``, ``"2GiB"``, an int, or a float that is a
+        whole number of bytes such as ``1e9``). When every
         array fits with room to serve, all chunks are decoded once, in parallel, before the first batch, and
         every epoch is a full shuffle in memory. Otherwise small arrays (labels, weights: up to 5% of the
         budget together) are held whole and the rest is read in windows: three at once (one served, two
@@ -245,6 +255,31 @@ class LoaderOptions:
         Chunk requests the loader keeps in flight at once to a store that is not a local directory (S3,
         HTTP, GCS, a wrapping store): each request waits on the network, so many at once keep every core
         decoding. Local chunk files are read by the decoding threads, one per usable core, whatever this says.
+    window : dict of {int: int}, optional
+        What one sample is, when it is not one row: ``{axis: length}``. A sample is then the block of ``x`` that
+        starts at a point of the ``stride`` grid and spans ``length`` on each named axis (the full extent on the
+        others); the samples are every such block that fits inside the array, each served once per epoch,
+        shuffled as rows are. Batch leaves have the shape ``(batch, *window shape)``.
+        On axis 0 (a series, ``window={0: 48}``) every array of ``x`` is cut into windows of 48 rows, and ``y``
+        and ``sample_weight`` are taken at the window's first row, as
+        ``keras.utils.timeseries_dataset_from_array(x, y, sequence_length=48)`` does (shift targets yourself:
+        ``x, y = series[:-48], series[48:]``). On other axes (patches, ``window={1: 64, 2: 64}``) every array
+        with that axis at the length ``x`` has it is cut alike (a mask gets the patch under the image's patch);
+        an array without it (a label per image) is served per image. Each chunk is still decoded once per epoch
+        at ``reads_per_chunk=1``: the rows windows reach into the next chunk (their first ``window[0] - 1``) are
+        read once and held, within the budget. ``x`` of a dict is its first array that has every axis named.
+    stride : dict of {int: int}, optional
+        ``{axis: step}`` between the starts of neighbouring samples on the axes ``window`` names; an axis left
+        out steps by its window length (no overlap). ``stride={0: 1}`` gives every window of a series.
+    transform : callable, optional
+        ``transform(batch, rng) -> batch``, called on daskfeed's threads with each batch as the door serves it
+        (``x``, ``(x, y)`` or ``(x, y, sample_weight)``, numpy leaves, dicts kept) and a
+        ``numpy.random.Generator`` seeded by (``seed``, shard, epoch, batch index): random augmentation is then
+        new every epoch and the same for the same seed. It returns a batch of the same structure; leaf shapes may
+        change (``as_dataset`` takes its ``element_spec`` from the transformed batch 0, so every batch must keep
+        the shapes after the batch axis). An error inside it is a :class:`daskfeed.DaskfeedError` naming the
+        batch and epoch, with the original as ``__cause__``. Lazy dask work on the arrays themselves
+        (``x.map_blocks(random_flip)``) is data, not augmentation: computed once when the data fits the budget.
 
     Examples
     --------
@@ -262,13 +297,16 @@ class LoaderOptions:
     shuffle: bool = True
     seed: int | None = None
     drop_remainder: bool = False
-    memory_budget: int | str = DEFAULT_MEMORY_BUDGET
+    memory_budget: int | float | str = DEFAULT_MEMORY_BUDGET
     reads_per_chunk: int | str = "auto"
     scheduler: Any = None
     shard: Shard | tuple[int, int] | None = None
     missing_chunks: str = "warn"
     no_workers_timeout: float = 60.0
     concurrency: int = 32
+    window: dict[int, int] | None = None
+    stride: dict[int, int] | None = None
+    transform: Any = None
 
     def __post_init__(self) -> None:
         def put(name: str, value: Any) -> None:
@@ -298,6 +336,13 @@ class LoaderOptions:
             )
         put("no_workers_timeout", _check_seconds("no_workers_timeout", self.no_workers_timeout))
         put("concurrency", check_int("concurrency", self.concurrency, 1))
+        from daskfeed.samples import check_stride, check_window
+
+        put("window", check_window(self.window))
+        put("stride", check_stride(self.stride, self.window))
+        from daskfeed.transform import check_transform
+
+        put("transform", check_transform(self.transform))
 
 
 #: The names of the knobs, in the order of :class:`LoaderOptions`.

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import bisect
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -32,6 +33,14 @@ class PlanConfig:
     ``chunk_bounds`` are the sample offsets where read units (chunks) start, plus the total:
     ``[0, 1000, 2000, 2500]``. A ``resident`` plan makes every epoch one window of the whole shard, in
     storage order before its shuffle: the loader holds all of it in memory.
+
+    With ``segment_rows`` (samples cut by ``window=``: see :mod:`daskfeed.samples`) a window holds raw rows,
+    not one row per sample: a read of chunk ``c`` that keeps ``m`` samples holds at most
+    ``min(segment_rows[c], m * sample_rows)`` rows, and windows are packed to ``window_rows`` rows instead of
+    ``window_samples`` samples.
+
+    With ``subset`` (a :class:`daskfeed.parts.Subset`) each read unit keeps only the part's samples, and the
+    ``reads_per_chunk`` reads of a unit partition those.
     """
 
     chunk_bounds: np.ndarray
@@ -43,7 +52,13 @@ class PlanConfig:
     window_samples: int = 1 << 62
     shard: tuple[int, int] = (0, 1)
     resident: bool = False
+    segment_rows: np.ndarray | None = None
+    sample_rows: int = 1
+    window_rows: int = 0
+    #: A part of :func:`daskfeed.split`: each read unit keeps only that part's samples.
+    subset: Any = None
     _chunks: np.ndarray = field(init=False, repr=False)
+    lengths: np.ndarray = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         bounds = np.asarray(self.chunk_bounds, dtype=np.int64)
@@ -51,6 +66,9 @@ class PlanConfig:
             raise InputError(f"chunk_bounds must rise strictly from 0, got {bounds.tolist()[:10]}")
         object.__setattr__(self, "chunk_bounds", bounds)
         object.__setattr__(self, "_chunks", shard_chunks(len(bounds) - 1, self.shard, self.seed, self.shuffle))
+        lengths = np.diff(bounds)
+        #: Samples of each read unit this plan serves: all of them, or the part's.
+        object.__setattr__(self, "lengths", lengths if self.subset is None else self.subset.counts(lengths))
 
     @property
     def n_chunks(self) -> int:
@@ -99,7 +117,7 @@ class EpochPlan:
         self.resident = config.resident
         #: Reads per chunk in this epoch: one when it is served from memory.
         self.reads = 1 if self.resident else config.reads_per_chunk
-        bounds, chunks, reads = config.chunk_bounds, config.chunks, self.reads
+        chunks, reads = config.chunks, self.reads
         if config.shuffle and not self.resident:
             rng = _rng(config.seed, epoch, _ORDER)
             unit_chunk = np.concatenate([rng.permutation(chunks) for _ in range(reads)])
@@ -107,7 +125,7 @@ class EpochPlan:
         else:
             unit_chunk = chunks.copy()
             unit_part = np.zeros(len(chunks), dtype=np.int64)
-        lengths = bounds[unit_chunk + 1] - bounds[unit_chunk]
+        lengths = config.lengths[unit_chunk]
         # Part p of a chunk of length L keeps rows [p*L//r, (p+1)*L//r) of the chunk's row permutation.
         sizes = (unit_part + 1) * lengths // reads - unit_part * lengths // reads
         keep = sizes > 0
@@ -116,12 +134,18 @@ class EpochPlan:
         self.unit_size = sizes[keep]
         unit_offsets = np.concatenate([[0], np.cumsum(self.unit_size)])
         self.n_samples = int(unit_offsets[-1])
+        if config.segment_rows is None:
+            #: Rows each read unit holds in a window (at most): one per sample, or raw rows samples are cut from.
+            self.unit_held, held_offsets, cap = self.unit_size, unit_offsets, config.window_samples
+        else:
+            segments = np.asarray(config.segment_rows, np.int64)[self.unit_chunk]
+            self.unit_held = np.minimum(segments, self.unit_size * config.sample_rows)
+            held_offsets, cap = np.concatenate([[0], np.cumsum(self.unit_held)]), config.window_rows
         grow = GROW_WINDOWS if epoch == 0 and not self.resident and len(self.unit_size) else 0
         # A grown window still holds more than a batch, so that a batch spans at most two windows.
-        least = int(self.unit_size.max()) + config.batch_size if grow else 0
-        self.window_units = self._pack(
-            unit_offsets, self.n_samples if self.resident else config.window_samples, grow, least
-        )
+        least = int(self.unit_held.max()) + config.batch_size if grow else 0
+        self.window_units = self._pack(held_offsets, int(held_offsets[-1]) if self.resident else cap, grow, least)
+        self.held_offsets = held_offsets
         self.window_offsets = unit_offsets[self.window_units]
         self._offsets = self.window_offsets.tolist()
         self.unit_offsets = unit_offsets
@@ -154,6 +178,10 @@ class EpochPlan:
     def window_size(self, window: int) -> int:
         return int(self.window_offsets[window + 1] - self.window_offsets[window])
 
+    def window_rows(self, window: int) -> int:
+        """Rows a window's buffers hold at most: its samples, or the raw rows they are cut from."""
+        return int(self.held_offsets[self.window_units[window + 1]] - self.held_offsets[self.window_units[window]])
+
     def chunk_range(self, chunk: int) -> tuple[int, int]:
         """The ``(start, stop)`` samples of a chunk."""
         b = self.config.chunk_bounds
@@ -161,15 +189,19 @@ class EpochPlan:
 
     def unit_rows(self, unit: int) -> np.ndarray | None:
         """Sorted chunk-local rows that read ``unit`` keeps, or None for the whole chunk."""
-        reads = self.reads
-        if reads == 1:
-            return None
+        reads, subset = self.reads, self.config.subset
         chunk, part = int(self.unit_chunk[unit]), int(self.unit_part[unit])
-        start, stop = self.chunk_range(chunk)
-        length = stop - start
+        kept = None
+        if subset is not None:
+            start, stop = self.chunk_range(chunk)
+            kept = subset.rows(chunk, stop - start)
+        if reads == 1:
+            return kept
+        length = int(self.config.lengths[chunk])
         # The same stream for every read of the chunk in this epoch, so the r parts are disjoint.
         perm = _rng(self.config.seed, self.epoch, _ROWS, chunk).permutation(length)
-        return np.sort(perm[part * length // reads : (part + 1) * length // reads])
+        mine = np.sort(perm[part * length // reads : (part + 1) * length // reads])
+        return mine if kept is None else kept[mine]
 
     def window_order(self, window: int) -> np.ndarray | None:
         """The order in which a window's samples are served, or None for storage order."""

@@ -16,9 +16,10 @@ __all__ = ["STATE_VERSION", "check_state", "fingerprint", "make_state"]
 STATE_VERSION = 1
 
 
-def fingerprint(inputs: Inputs, config: PlanConfig) -> str:
+def fingerprint(inputs: Inputs, config: PlanConfig, geometry: Any = None) -> str:
     """A digest of everything batch ``i`` of epoch ``e`` depends on: the arrays' names, shapes, dtypes and
-    chunking, and the plan (seed, batch size, shuffle, read units, reads per chunk, window size, shard)."""
+    chunking, the plan (seed, batch size, shuffle, read units, reads per chunk, window size, shard), and what a
+    sample is (``window`` and ``stride``, when given)."""
     described = {
         "leaves": [[leaf.name, list(leaf.array.shape), str(leaf.dtype)] for leaf in inputs.leaves],
         "structure": [[role, list(keys) if keys else None] for role, keys in inputs.structure],
@@ -34,6 +35,15 @@ def fingerprint(inputs: Inputs, config: PlanConfig) -> str:
             config.resident,
         ],
     }
+    if config.subset is not None:  # a part of a split: another part's state is another loader's
+        described["subset"] = config.subset.describe()
+    if geometry is not None:  # left out otherwise, so that states taken before window= existed still restore
+        described["samples"] = [
+            sorted(geometry.window.items()),
+            sorted(geometry.stride.items()),
+            config.window_rows,
+            config.sample_rows,
+        ]
     return hashlib.sha256(json.dumps(described, sort_keys=True).encode()).hexdigest()[:32]
 
 

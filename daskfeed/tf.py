@@ -12,6 +12,7 @@ from daskfeed.errors import DaskfeedError
 from daskfeed.interrupts import Interrupts
 from daskfeed.loader import Loader
 from daskfeed.options import DEFAULT_MEMORY_BUDGET, KNOBS
+from daskfeed.transform import flatten_batch
 
 __all__ = ["as_dataset"]
 
@@ -37,6 +38,9 @@ def as_dataset(
     missing_chunks: str = "warn",
     no_workers_timeout: float = 60.0,
     concurrency: int = 32,
+    window: dict[int, int] | None = None,
+    stride: dict[int, int] | None = None,
+    transform: Any = None,
 ) -> tf.data.Dataset:
     """Serve shuffled batches of chunked arrays as a ``tf.data.Dataset``; each iteration is the next epoch.
 
@@ -91,12 +95,16 @@ def as_dataset(
 
 def dataset_from_loader(loader: Loader) -> tf.data.Dataset:
     """The ``tf.data.Dataset`` of a :class:`daskfeed.Loader`, starting at its current epoch."""
+    if loader.options.transform is not None:
+        return _transformed_dataset(loader)
     batch = loader.batch_size
     drop = loader.options.drop_remainder
+    served = loader.served  # a sample cut by window= has the window's shape
     signature = loader.inputs.pack(
-        [tf.TensorSpec((None, *leaf.sample_shape), tf.as_dtype(leaf.dtype)) for leaf in loader.inputs.leaves]
+        [tf.TensorSpec((None, *leaf.sample_shape), tf.as_dtype(leaf.dtype)) for leaf in served]
     )
-    per_block = max(1, min(BLOCK_SAMPLES // batch, BLOCK_BYTES // max(1, batch * loader.inputs.bytes_per_sample)))
+    per_sample = sum(leaf.bytes_per_sample for leaf in served)
+    per_block = max(1, min(BLOCK_SAMPLES // batch, BLOCK_BYTES // max(1, batch * per_sample)))
     epochs = itertools.count(loader.epoch)
     # TensorFlow keeps the generator of every from_generator for the life of the process (tensorflow#57690):
     # it holds the loader weakly, and the dataset (which each iterator of it keeps) holds it, so a dataset
@@ -117,6 +125,10 @@ def dataset_from_loader(loader: Loader) -> tf.data.Dataset:
 
     ds = tf.data.Dataset.from_generator(generate, output_signature=signature)
     ds = ds.rebatch(batch, drop_remainder=drop)
+    return _finish(ds, loader)
+
+
+def _finish(ds: tf.data.Dataset, loader: Loader) -> tf.data.Dataset:
     ds = ds.apply(tf.data.experimental.assert_cardinality(len(loader)))
     ds = ds.prefetch(2)
     # tf.distribute would cut a shard again and keep 1/N of it (the default policy, AUTO, shards by data here):
@@ -128,3 +140,38 @@ def dataset_from_loader(loader: Loader) -> tf.data.Dataset:
     ds = ds.with_options(options)
     ds._daskfeed_loader = loader  # datasets made from this one keep it through their input datasets
     return ds
+
+
+def _transformed_dataset(loader: Loader) -> tf.data.Dataset:
+    """The dataset of a loader with ``transform=``: each transformed batch as it is (a transform may change the
+    shapes, so batches are not made in blocks and cut again). The ``element_spec`` is that of the transformed
+    batch 0 of the loader's current epoch (made once here), with the batch axis left open."""
+    leaves = loader.inputs.structure
+    probe = flatten_batch(leaves, loader.batch(0, loader.epoch), "batch 0")
+    specs = [tf.TensorSpec((None, *a.shape[1:]), tf.as_dtype(a.dtype)) for a in probe]
+    signature = loader.inputs.pack(specs)
+    epochs = itertools.count(loader.epoch)
+    weak = weakref.ref(loader)  # as in dataset_from_loader: a dropped dataset frees its loader
+
+    def generate():
+        loader = weak()
+        if loader is None:
+            raise DaskfeedError("the loader of this dataset was freed; keep the dataset while iterating it")
+        epoch = next(epochs)
+        loader.set_epoch(epoch)
+        try:
+            for index, batch in enumerate(loader.batches(epoch)):
+                flat = flatten_batch(leaves, batch, f"batch {index} of epoch {epoch}")
+                for spec, a in zip(specs, flat):
+                    if a.shape[1:] != tuple(spec.shape[1:]) or tf.as_dtype(a.dtype) != spec.dtype:
+                        raise DaskfeedError(
+                            f"transform returned a leaf of shape {a.shape} and dtype {a.dtype} for batch {index} of "
+                            f"epoch {epoch}, but batch 0 had {tuple(spec.shape)} and {spec.dtype.name}: as_dataset "
+                            "needs every batch to keep the shapes after the batch axis (and the dtypes) of batch 0"
+                        )
+                yield batch
+        except DaskfeedError as err:  # so that the consumer gets it, not TensorFlow's UnknownError
+            Interrupts.hand_to_main(err, loader)
+            raise
+
+    return _finish(tf.data.Dataset.from_generator(generate, output_signature=signature), loader)

@@ -18,8 +18,9 @@ from daskfeed.integrity import StoreWatch
 from daskfeed.layout import Layout
 from daskfeed.plan import EpochPlan
 from daskfeed.prefetch import BlockSource, ReadJob, Scheduler, UnitRead, read_blocks
+from daskfeed.samples import Gather, RowMap, hold
 
-__all__ = ["Once", "Window", "WindowMaker", "decoded_at_once"]
+__all__ = ["Once", "SampleWindowMaker", "Window", "WindowMaker", "decoded_at_once", "window_maker"]
 
 
 @dataclass(eq=False)
@@ -28,13 +29,14 @@ class Window:
 
     For an array read window by window the array is the window's own buffer (a view of ``storage``, which
     may be larger: the storage of a window that was let go is used again, since writing into fresh memory
-    costs page faults); for an array held in memory it is that array.
+    costs page faults); for an array held in memory it is that array. A take is a slice, an index array, or
+    for samples cut by ``window=`` a :class:`daskfeed.samples.Gather`.
     """
 
     index: int
     storage: list[np.ndarray]
     arrays: list[np.ndarray]
-    takes: list[np.ndarray | slice]
+    takes: list[np.ndarray | slice | Gather]
     #: Bytes this window owns (its storage and its index arrays), bytes decoded to make it, seconds it took.
     nbytes: int
     decoded: int
@@ -177,7 +179,7 @@ class WindowMaker:
     def _load(self) -> int:
         """Read what the loader holds in memory, once: the small arrays whole and, when the layout is resident,
         this shard's chunks of every other lazy array. Returns the bytes decoded (0 once they are in)."""
-        if not self._held and not (self.layout.resident and self._windowed):
+        if not self._held and not (self._windowed and self._holds_windowed()):
             return 0
         decoded = 0
 
@@ -190,18 +192,158 @@ class WindowMaker:
                 )
                 for i in self._held
             ]
-            if self.layout.resident:
-                bounds, chunks = self.layout.chunk_bounds, self.layout.shard_chunks
-                rows = int((bounds[chunks + 1] - bounds[chunks]).sum())
-                units = [UnitRead(int(c), int(bounds[c]), int(bounds[c + 1]), None, int(self._base[c])) for c in chunks]
-                jobs += [
-                    ReadJob(self.inputs.leaves[i].name, self._source(i), self._allocate(i, rows), units)
-                    for i in self._windowed
-                ]
+            if self._windowed:
+                jobs += self._windowed_jobs()
             decoded = read_blocks(jobs, self.scheduler)
 
         self._once.run(load)
         return decoded
+
+    def _holds_windowed(self) -> bool:
+        """Whether something of the windowed arrays is held in memory (read by :meth:`_load`)."""
+        return self.layout.resident
+
+    def _windowed_jobs(self) -> list[ReadJob]:
+        """The reads of the windowed arrays' rows held in memory: with a resident layout, the shard's chunks."""
+        if not self.layout.resident:
+            return []
+        bounds, chunks = self.layout.chunk_bounds, self.layout.shard_chunks
+        rows = int((bounds[chunks + 1] - bounds[chunks]).sum())
+        units = [UnitRead(int(c), int(bounds[c]), int(bounds[c + 1]), None, int(self._base[c])) for c in chunks]
+        return [
+            ReadJob(self.inputs.leaves[i].name, self._source(i), self._allocate(i, rows), units) for i in self._windowed
+        ]
+
+
+class SampleWindowMaker(WindowMaker):
+    """Makes the windows of samples cut by ``window=`` (see :mod:`daskfeed.samples`).
+
+    A read unit is a chunk of axis 0 and holds the samples that start in it. Its rows go into the window's
+    buffers end to end, unit after unit: the rows of its chunk that its kept samples span, then the rows they
+    reach into the next chunks (its heads), which were read once and are held (or, when the budget cannot hold
+    them, read with the unit). Batches are gathered from those raw rows, never one row per sample. A resident
+    layout holds the shard's rows (chunks and heads, as runs) and gathers from them.
+    """
+
+    def __init__(self, inputs: Inputs, layout: Layout, scheduler: Scheduler, watch: StoreWatch | None = None):
+        super().__init__(inputs, layout, scheduler, watch)
+        self.geometry, self.units = layout.geometry, layout.sample_units
+        u, chunks = self.units, layout.shard_chunks
+        own = np.minimum(u.own_stop(np.arange(len(u.chunks))), u.hi)
+        #: Per unit, where the rows read from the array end and the rows taken from the heads begin.
+        self._split = own if layout.heads else u.hi
+        #: The rows held in memory: the shard's rows (resident), the heads, or none.
+        self._rows: RowMap | None = None
+        if layout.resident:
+            self._rows = RowMap.of(u.lo[chunks], u.hi[chunks])
+        elif layout.heads:
+            self._rows = RowMap.of(own[chunks], u.hi[chunks])
+        self._heads: dict[int, np.ndarray] = {}
+
+    def _holds_windowed(self) -> bool:
+        return self._rows is not None and self._rows.rows > 0
+
+    def _windowed_jobs(self) -> list[ReadJob]:
+        runs = self._rows
+        if runs is None or not runs.rows:
+            return []
+        units = [UnitRead(-1, int(lo), int(hi), None, int(at)) for lo, hi, at in zip(runs.lo, runs.hi, runs.at)]
+        jobs = []
+        for i in self._windowed:
+            leaf = self.inputs.leaves[i]
+            if self.layout.resident:
+                target = self._allocate(i, runs.rows)
+            else:
+                with self._lock:
+                    if i not in self._heads:
+                        self._heads[i] = np.empty((runs.rows, *leaf.sample_shape), leaf.dtype)
+                        self.held_nbytes += self._heads[i].nbytes
+                    target = self._heads[i]
+            jobs.append(ReadJob(leaf.name, self._source(i), target, units))
+        return jobs
+
+    def make(self, plan: EpochPlan, window: int, storage: list[np.ndarray] | None) -> Window:
+        started = time.perf_counter()
+        decoded = self._load()
+        g, u = self.geometry, self.units
+        per_row = g.n_patches
+        reading = not self.layout.resident and bool(self._windowed)
+        # Every sample of a unit (one read per chunk, no split) and windows that overlap or touch: the unit
+        # holds every row of its samples' span.
+        whole = plan.reads == 1 and plan.config.subset is None and g.step <= g.length
+        starts, patches, places = [], [], []
+        reads: list[UnitRead] = []
+        heads: list[tuple[int, np.ndarray]] = []  # (buffer row, rows of the heads held) to copy in
+        at = 0
+        for unit in plan.units(window):
+            j = int(plan.unit_chunk[unit])
+            kept = plan.unit_rows(unit)
+            local = np.arange(int(plan.unit_size[unit]), dtype=np.int64) if kept is None else kept
+            ids = int(u.sample_bounds[j]) + local
+            t = (ids // per_row if per_row > 1 else ids) * g.step
+            starts.append(t)
+            if per_row > 1:
+                patches.append(ids % per_row)
+            if not reading:
+                continue
+            lo, hi, split = int(u.lo[j]), int(u.hi[j]), int(self._split[j])
+            rows, pos = hold(lo, hi, t, g.length, whole)
+            n_held = hi - lo if rows is None else len(rows)
+            n_own = split - lo if rows is None else int(np.searchsorted(rows, split - lo))
+            reads.append(UnitRead(int(u.chunks[j]), lo, split, None if rows is None else rows[:n_own], at))
+            if n_held > n_own:
+                tail = np.arange(split, hi, dtype=np.int64) if rows is None else rows[n_own:] + lo
+                heads.append((at + n_own, self._rows(tail)))
+            places.append(at + pos)
+            at += n_held
+        order = plan.window_order(window)
+        flat = np.concatenate(starts)
+        patch = np.concatenate(patches) if per_row > 1 else None
+        if order is not None:
+            flat = flat[order]
+            patch = None if patch is None else patch[order]
+        leaves = self.inputs.leaves
+        arrays: list[Any] = [None] * len(leaves)
+        takes: list[Any] = [None] * len(leaves)
+        owned: list[np.ndarray] = [flat] + ([patch] if patch is not None else [])
+        for i in self._whole:  # by global row
+            arrays[i], takes[i] = self._memory[i], Gather(g, i, flat, patch)
+        if self.layout.resident:
+            storage = []
+            if self._windowed:
+                rows = self._rows(flat)
+                owned.append(rows)
+                for i in self._windowed:
+                    arrays[i], takes[i] = self._memory[i], Gather(g, i, rows, patch)
+        elif reading:
+            heap.keep_buffers_in_heap()
+            size = plan.window_rows(window)
+            windowed = [leaves[i] for i in self._windowed]
+            if storage is None or storage_rows(storage) < size:
+                storage = [np.empty((size, *leaf.sample_shape), leaf.dtype) for leaf in windowed]
+            buffers = [s[:at] for s in storage]
+            for row, held in heads:
+                for i, buffer in zip(self._windowed, buffers):
+                    buffer[row : row + len(held)] = self._heads[i][held]
+            jobs = [
+                ReadJob(leaf.name, self._source(i), b, reads) for i, leaf, b in zip(self._windowed, windowed, buffers)
+            ]
+            decoded += read_blocks(jobs, self.scheduler)
+            rows = np.concatenate(places)
+            rows = rows if order is None else rows[order]
+            owned += [*storage, rows]
+            for i, buffer in zip(self._windowed, buffers):
+                arrays[i], takes[i] = buffer, Gather(g, i, rows, patch)
+        if decoded and self.watch is not None:
+            self.watch.check()
+        nbytes = sum(a.nbytes for a in {id(a): a for a in owned}.values())
+        return Window(window, storage or [], arrays, takes, nbytes, decoded, time.perf_counter() - started)
+
+
+def window_maker(inputs: Inputs, layout: Layout, scheduler: Scheduler, watch: StoreWatch | None = None) -> WindowMaker:
+    """The window maker for ``layout``: one sample per row, or samples cut by ``window=``."""
+    maker = WindowMaker if layout.geometry is None else SampleWindowMaker
+    return maker(inputs, layout, scheduler, watch)
 
 
 def decoded_at_once(array: Any) -> int:
