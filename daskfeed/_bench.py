@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import math
 import re
+import sys
 import time
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
+from daskfeed._progress import progress_default
 from daskfeed.errors import InputError, StoreError
 from daskfeed.loader import Loader
 from daskfeed.options import DEFAULT_MEMORY_BUDGET
@@ -90,16 +92,21 @@ class BenchResult:
         return "\n".join(lines)
 
 
-def _zarr_arrays(store: Any) -> tuple[str, dict[str, Any]]:
+def _zarr_arrays(store: Any) -> tuple[str, dict[str, Any], tuple[str, ...] | None]:
+    """Where the store is, its arrays (dask, zarr) by name, and for a store xarray wrote the data variables
+    along its sample dimension (its coordinates, ``time``, are no input)."""
     import zarr
 
-    from daskfeed.inputs import open_zarr, zarr_behind
+    from daskfeed.inputs import open_zarr, open_zarr_node, store_roles, zarr_behind
 
     opened = open_zarr(store)
     where = str(store.store_path) if isinstance(store, zarr.Group) else str(store)
     if not isinstance(opened, dict):
-        opened = {"x": opened}
-    return where, {name: (arr, zarr_behind(arr)) for name, arr in opened.items()}
+        return where, {"x": (opened, zarr_behind(opened))}, None
+    found = {name: (arr, zarr_behind(arr)) for name, arr in opened.items()}
+    group, _ = open_zarr_node(store)
+    roles = store_roles({name: z for name, (_, z) in found.items() if z is not None}, dict(group.attrs))
+    return where, found, roles.variables if roles is not None else None
 
 
 def bench(
@@ -112,6 +119,7 @@ def bench(
     reads_per_chunk: int | str = "auto",
     arrays: list[str] | None = None,
     seed: int = 0,
+    progress: bool | None = None,
 ) -> BenchResult:
     """Measure daskfeed on your own store, and whether a training step would wait for data.
 
@@ -133,8 +141,12 @@ def bench(
     memory_budget, reads_per_chunk
         As for :class:`daskfeed.Loader`.
     arrays : list of str, optional
-        Names of the arrays to read; default all arrays of the first array's length.
+        Names of the arrays to read; default all arrays of the first array's length (for a store xarray wrote,
+        its data variables along the sample dimension, not its coordinates).
     seed : int, default 0
+    progress : bool, optional
+        Say on standard error which measurement runs (each takes seconds); by default when standard error is a
+        terminal or a Jupyter notebook.
 
     Returns
     -------
@@ -144,6 +156,7 @@ def bench(
         raise InputError(f"step_ms must be a positive number of milliseconds, got {step_ms!r}")
     if samples is not None and (not isinstance(samples, (int, np.integer)) or isinstance(samples, bool) or samples < 1):
         raise InputError(f"samples must be a positive int, got {samples!r}")
+    say = _say if (progress_default() if progress is None else progress) else lambda text: None
     where, chosen = _choose(store, arrays)
     x = {name: arr for name, (arr, _) in chosen.items()}
     kwargs = dict(batch_size=batch_size, memory_budget=memory_budget, reads_per_chunk=reads_per_chunk)
@@ -151,12 +164,15 @@ def bench(
     n, window, reads = probe.inputs.n_samples, probe.layout.window_samples, probe.reads_per_chunk
     # Several windows, so that the loader's steady state is measured, not only its first window.
     count = min(n, samples or max(DEFAULT_SAMPLES, 4 * window))
+    say(f"reading {count:,} samples of {', '.join(chosen)} in order with zarr, one thread ...")
     in_order = _in_order_rate(chosen, count)
+    say(f"reading {count:,} samples through daskfeed, shuffled ...")
     with probe as loader:
         first_batch_s, rate = _loader_rate(loader, count)
     step_batches, wall_per_batch, step_alone = 0, 0.0, 0.0
     if step_ms is not None:
         step_batches = max(2, min(math.ceil(count / batch_size), math.ceil(STEP_RUN_SECONDS * 1000 / step_ms)))
+        say(f"{step_batches} training steps of {step_ms:g} ms, alone and with daskfeed ...")
         step_alone = _step_alone_ms(step_ms, min(step_batches, max(10, math.ceil(1000 / step_ms))))
         with Loader(x, seed=seed + 1, **kwargs) as loader:
             wall_per_batch = _with_steps_ms(loader, step_ms, step_batches)
@@ -178,14 +194,21 @@ def bench(
     )
 
 
+def _say(text: str) -> None:
+    print(f"daskfeed bench: {text}", file=sys.stderr, flush=True)
+
+
 def _choose(store: Any, arrays: list[str] | None) -> tuple[str, dict[str, tuple[Any, Any]]]:
-    """The arrays to read: those named, or every array of the first array's length."""
-    where, found = _zarr_arrays(store)
+    """The arrays to read: those named, the data variables of a store xarray wrote, or every array of the
+    first array's length."""
+    where, found, variables = _zarr_arrays(store)
     if arrays is not None:
         missing = [a for a in arrays if a not in found]
         if missing:
             raise StoreError(f"store {where!r} has no array {missing[0]!r}; it has {', '.join(sorted(found))}")
         return where, {a: found[a] for a in arrays}
+    if variables:
+        return where, {k: found[k] for k in sorted(variables)}
     first = found[min(found)][0].shape[0]
     return where, {k: found[k] for k in sorted(found) if found[k][0].shape[0] == first}
 

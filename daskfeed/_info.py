@@ -11,7 +11,8 @@ from typing import Any
 import numpy as np
 from dask.utils import format_bytes
 
-from daskfeed.inputs import TENSOR_KINDS, open_zarr_node, rewrite_command, written_shuffled
+from daskfeed.errors import DaskfeedError
+from daskfeed.inputs import TENSOR_KINDS, DatasetRoles, open_zarr_node, rewrite_command, store_roles, written_shuffled
 from daskfeed.integrity import damage, find_missing
 from daskfeed.layout import ArraySpec, Layout, choose_layout, decode_limit
 from daskfeed.loader import WARN_AMPLIFICATION
@@ -26,6 +27,8 @@ SMALL_CHUNK_BYTES = 256 * 2**10
 SORTED_DISTANCE = 0.3
 #: Chunks read to check the labels, spread evenly over the sample axis.
 LABEL_CHUNKS = 64
+#: A label array up to this size is read whole for the check (one chunk, as dask and xarray write small ones).
+LABEL_WHOLE_BYTES = 64 * 2**20
 
 
 @dataclass(frozen=True)
@@ -39,6 +42,10 @@ class ArrayInfo:
     decoded_bytes: int
     stored_bytes: int
     compressors: str
+    #: xarray's dimension names, for a store xarray wrote; else None.
+    dims: tuple[str, ...] | None = None
+    #: ``"variable"`` or ``"coordinate"`` in a store xarray wrote; ``"array"`` in others.
+    role: str = "array"
 
     @property
     def ratio(self) -> float:
@@ -62,25 +69,19 @@ class StoreInfo:
     #: With ``verify``: each array's chunks missing from the store (grid coordinates), or None when the store
     #: cannot be listed (HTTP). Empty without ``verify``.
     missing: dict[str, list[tuple[int, ...]] | None] = field(default_factory=dict)
+    #: For a store xarray wrote: ``sample_dim``, the ``variables`` along it (a loader's inputs), the ``coords``
+    #: along it (carried with their samples by ingest), and the arrays ``kept`` as they are (other dimensions).
+    dataset: dict = field(default_factory=dict)
 
     def __str__(self) -> str:
-        rows = [("array", "shape", "dtype", "chunks", "decoded", "stored", "ratio", "compression")]
-        for a in self.arrays:
-            rows.append(
-                (
-                    a.name,
-                    str(a.shape),
-                    a.dtype,
-                    str(a.chunks),
-                    format_bytes(a.decoded_bytes),
-                    format_bytes(a.stored_bytes),
-                    f"{a.ratio:.2f}x",
-                    a.compressors,
-                )
-            )
-        widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
         lines = [f"store {self.store}"]
-        lines += ["  " + "  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
+        if self.dataset:  # variables and coordinates apart, each with its dimensions
+            lines += _table("variable", [a for a in self.arrays if a.role != "coordinate"], dims=True)
+            lines += _table("coordinate", [a for a in self.arrays if a.role == "coordinate"], dims=True)
+        else:
+            lines += _table("array", self.arrays)
+        if self.dataset:
+            lines.append(self.dataset["summary"])
         ingest = self.attrs.get("daskfeed")
         if isinstance(ingest, dict):
             order = f"shuffled (seed {ingest.get('seed')})" if ingest.get("shuffled") else "in source order"
@@ -107,6 +108,31 @@ class StoreInfo:
         return "\n".join(lines)
 
 
+def _table(title: str, arrays: list[ArrayInfo], dims: bool = False) -> list[str]:
+    """The table of ``arrays`` under the heading ``title``, one row each; nothing when there are none."""
+    if not arrays:
+        return []
+    head = (title, *(("dims",) if dims else ()), "shape", "dtype", "chunks", "decoded", "stored", "ratio")
+    rows = [(*head, "compression")]
+    for a in arrays:
+        named = (f"({', '.join(a.dims)})" if a.dims is not None else "-",) if dims else ()
+        rows.append(
+            (
+                a.name,
+                *named,
+                str(a.shape),
+                a.dtype,
+                str(a.chunks),
+                format_bytes(a.decoded_bytes),
+                format_bytes(a.stored_bytes),
+                f"{a.ratio:.2f}x",
+                a.compressors,
+            )
+        )
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    return ["  " + "  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
+
+
 def _codecs(array: Any) -> str:
     names = []
     for codec in tuple(array.compressors):
@@ -119,20 +145,23 @@ def _codecs(array: Any) -> str:
 def _label_distance(array: Any, chunk: int) -> float | None:
     """How much more each sampled chunk's class mix differs from the whole than in a random order.
 
-    The mean total variation distance between each chunk's class histogram and the overall one, less what the
-    same labels in a random order give, scaled so that 0 is a random order and 1 is chunks of one class each.
-    None when the array does not look like class labels (too many distinct values) or has one chunk.
+    ``chunk`` is the length of the loader's read units (the chunks of the array it reads by), which may differ
+    from the label array's own chunks: labels in one chunk (dask's and xarray's default for a small array) are
+    checked at the read units all the same. The mean total variation distance between each sampled unit's class
+    histogram and the overall one, less what the same labels in a random order give, scaled so that 0 is a
+    random order and 1 is units of one class each. None when the array does not look like class labels (too
+    many distinct values) or there is one unit.
     """
     n = array.shape[0]
     n_chunks = math.ceil(n / chunk)
     picks = np.unique(np.linspace(0, n_chunks - 1, min(LABEL_CHUNKS, n_chunks)).astype(int))
+    if len(picks) < 2:
+        return None  # one unit: nothing to compare, and a window holds it whole
+    read = _label_reader(array)
     parts = []
     for c in picks:
         start = int(c) * chunk
-        values = np.asarray(array[start : min(n, start + min(chunk, 10_000))]).reshape(-1)
-        parts.append(values)
-    if len(parts) < 2:
-        return None  # one chunk: nothing to compare, and a window holds it whole
+        parts.append(read(start, min(n, start + min(chunk, 10_000))))
     every = np.concatenate(parts)
     classes, codes = np.unique(every, return_inverse=True)
     if len(classes) < 2 or len(classes) > 1000 or len(classes) > every.size / 4:
@@ -154,6 +183,29 @@ def _label_distance(array: Any, chunk: int) -> float | None:
     p = np.bincount(codes) / codes.size
     pure = 1.0 - float((p**2).sum())
     return float(np.clip((distance(codes) - noise) / max(pure - noise, 1e-9), 0.0, 1.0))
+
+
+def _label_reader(array: Any) -> Any:
+    """``read(start, stop)`` of a label array, flat, decoding each of its own chunks at most once in a row of
+    calls (a small array is read whole, once)."""
+    n = int(array.shape[0])
+    if array.nbytes <= LABEL_WHOLE_BYTES:
+        values = np.asarray(array[:]).reshape(n, -1)[:, 0]
+        return lambda start, stop: values[start:stop]
+    own = max(1, int(array.chunks[0]))
+    last: dict[int, np.ndarray] = {}
+
+    def read(start: int, stop: int) -> np.ndarray:
+        out = []
+        for c in range(start // own, (stop - 1) // own + 1):
+            if c not in last:
+                last.clear()
+                last[c] = np.asarray(array[c * own : min(n, (c + 1) * own)]).reshape(-1)
+            lo, hi = max(start, c * own) - c * own, min(stop, (c + 1) * own) - c * own
+            out.append(last[c][lo:hi])
+        return np.concatenate(out)
+
+    return read
 
 
 def _loader_layout(row: list[tuple[str, Any]], batch_size: int, budget: int) -> tuple[Layout, str]:
@@ -189,7 +241,13 @@ def _bounds(arr: Any) -> np.ndarray:
     return np.append(np.arange(0, n, step, dtype=np.int64), n)
 
 
-def _rewrite(row: list[tuple[str, Any]], where: str) -> str:
+def _rewrite(row: list[tuple[str, Any]], where: str, roles: DatasetRoles | None = None) -> str:
+    if roles is not None and "://" not in where and os.path.isdir(where):  # the whole store: coordinates too
+        dest = (where[:-5] if where.endswith(".zarr") else where.rstrip("/")) + "-daskfeed.zarr"
+        return (
+            "Rewrite the store with equal chunks of ~4 MiB in random order, once, and train from the copy (its "
+            f"coordinates go along): daskfeed ingest {where} {dest} --shuffle --seed 0"
+        )
     command = rewrite_command([arr for _, arr in row])
     return command or (
         f"Rewrite it with equal chunks of ~4 MiB in random order: daskfeed ingest {where} NEW.zarr --shuffle"
@@ -247,6 +305,7 @@ def info(
     """
     budget = parse_bytes(memory_budget)
     where, members, attrs = _members(store)
+    roles = store_roles(dict(members), attrs)
     arrays = [
         ArrayInfo(
             name=name,
@@ -256,29 +315,67 @@ def info(
             decoded_bytes=int(arr.nbytes),
             stored_bytes=int(arr.nbytes_stored()),
             compressors=_codecs(arr),
+            dims=roles.dims.get(name) if roles is not None else None,
+            role="array" if roles is None else "coordinate" if name in roles.coordinates else "variable",
         )
         for name, arr in members
     ]
-    warnings = _shape_warnings(arrays)
+    warnings = _shape_warnings(arrays, roles, where)
     missing: dict[str, list[tuple[int, ...]] | None] = {}
     if verify:
         missing, notes = _verify(members)
         warnings += notes
     numeric = [(name, arr) for name, arr in members if getattr(arr.dtype, "kind", "O") in TENSOR_KINDS]
     for name, arr in members:
-        if (name, arr) not in numeric:
+        if (name, arr) in numeric:
+            continue
+        if roles is not None and name in roles.coordinates:
+            warnings.append(
+                f"coordinate {name!r} has dtype {arr.dtype}, which daskfeed ingest cannot carry (only numbers): "
+                f"ingest the variables by path ({where}/{roles.variables[0]} ...) to leave it out"
+            )
+        else:
             warnings.append(
                 f"{name!r} has dtype {arr.dtype}, which cannot become a tensor: a loader cannot read it (encode "
                 "strings or objects as numbers first, or leave the array out)"
             )
-    row = [(name, arr) for name, arr in numeric if arr.shape and arr.shape[0] == numeric[0][1].shape[0]]
+    dataset = {}
+    if roles is not None:
+        inputs = [(name, arr) for name, arr in numeric if name in roles.variables]
+        row = (
+            [(name, arr) for name, arr in inputs if arr.shape and arr.shape[0] == inputs[0][1].shape[0]]
+            if inputs
+            else []
+        )
+        dataset = {
+            "sample_dim": roles.sample_dim,
+            "variables": list(roles.variables),
+            "coords": list(roles.coords),
+            "kept": list(roles.kept),
+            "summary": roles.describe(),
+        }
+    else:
+        weight: dict[int, int] = {}  # the samples' length: the one of the arrays that hold the most bytes
+        for _name, arr in numeric:
+            if arr.shape:
+                weight[arr.shape[0]] = weight.get(arr.shape[0], 0) + int(arr.nbytes)
+        length = max(weight, key=lambda n: weight[n]) if weight else None
+        row = [(name, arr) for name, arr in numeric if arr.shape and arr.shape[0] == length]
     if not row:
-        return StoreInfo(where, arrays, attrs, warnings, missing=missing)
+        return StoreInfo(where, arrays, attrs, warnings, missing=missing, dataset=dataset)
     layout, estimate = _loader_layout(row, batch_size, budget)
-    warnings += _layout_warnings(row, layout, batch_size, budget, where)
     mixing, sorted_warnings = _label_mixing(row, attrs, layout)
+    warnings += _layout_warnings(row, layout, batch_size, budget, where, mixing, roles)
     return StoreInfo(
-        where, arrays, attrs, warnings + sorted_warnings, mixing, layout.describe(), estimate, missing=missing
+        where,
+        arrays,
+        attrs,
+        warnings + sorted_warnings,
+        mixing,
+        layout.describe(),
+        estimate,
+        missing=missing,
+        dataset=dataset,
     )
 
 
@@ -309,16 +406,31 @@ def _members(store: Any) -> tuple[str, list[tuple[str, Any]], dict]:
     return where, sorted(found.items(), key=lambda m: m[0]), dict(node.attrs.asdict())
 
 
-def _shape_warnings(arrays: list[ArrayInfo]) -> list[str]:
-    """Arrays of different lengths, and arrays chunked along axes after the sample axis."""
+def _shape_warnings(arrays: list[ArrayInfo], roles: DatasetRoles | None, where: str) -> list[str]:
+    """Arrays of different lengths, and arrays chunked along axes after the sample axis. In a store xarray
+    wrote only the arrays along the sample dimension share a length; the others are no loader's input."""
     warnings: list[str] = []
-    lengths = {a.name: a.shape[0] for a in arrays if a.shape}
+    along = [a for a in arrays if a.shape and (roles is None or a.name in roles.along)]
+    lengths = {a.name: a.shape[0] for a in along}
     if len(set(lengths.values())) > 1:
+        common = max(set(lengths.values()), key=lambda n: sum(a.decoded_bytes for a in along if a.shape[0] == n))
+        same = [a.name for a in along if a.shape[0] == common]
+        paths = " ".join(f"{where.rstrip('/')}/{name}" for name in same)
+        keys = ", ".join(f"arrays[{name!r}]" for name in same)
         warnings.append(
             "arrays differ in length on axis 0 (samples): "
             + ", ".join(f"{k!r} {v}" for k, v in lengths.items())
-            + "; only arrays of the same length can feed one loader"
+            + f"; only arrays of the same length can feed one loader (pass those by name: {keys}; to rewrite "
+            f"them: daskfeed ingest {paths} NEW.zarr)"
         )
+    if roles is not None:
+        for name, axis in roles.misplaced.items():
+            warnings.append(
+                f"{name!r} has the sample dimension {roles.sample_dim!r} on axis {axis} (dims {roles.dims[name]}): "
+                "a loader takes samples along axis 0, and ingest refuses it; transpose it first "
+                f"(ds[{name!r}].transpose({roles.sample_dim!r}, ...).to_zarr(...))"
+            )
+    arrays = [a for a in arrays if roles is None or a.name in roles.variables]
     for a in arrays:
         if a.shape and a.chunks[1:] != a.shape[1:]:
             split = [i + 1 for i, (c, s) in enumerate(zip(a.chunks[1:], a.shape[1:])) if c < s]
@@ -331,8 +443,17 @@ def _shape_warnings(arrays: list[ArrayInfo]) -> list[str]:
     return warnings
 
 
-def _layout_warnings(row: list[tuple[str, Any]], layout: Layout, batch_size: int, budget: int, where: str) -> list:
-    """Chunks shorter than a batch or too small to be worth a read, and a layout that decodes too much."""
+def _layout_warnings(
+    row: list[tuple[str, Any]],
+    layout: Layout,
+    batch_size: int,
+    budget: int,
+    where: str,
+    mixing: dict[str, float],
+    roles: DatasetRoles | None,
+) -> list:
+    """Chunks shorter than a batch or too small to be worth a read, and a layout that decodes too much (whose
+    fix is ``reads_per_chunk=1`` where the labels are mixed already, else a rewrite)."""
     warnings = []
     chunk_len = min(int(arr.chunks[0]) for _, arr in row)  # the shortest read
     chunk_bytes = chunk_len * sum(np.dtype(arr.dtype).itemsize * math.prod(arr.shape[1:]) for _, arr in row)
@@ -349,23 +470,48 @@ def _layout_warnings(row: list[tuple[str, Any]], layout: Layout, batch_size: int
     chunks = [(name, np.dtype(arr.dtype).itemsize * math.prod(arr.chunks)) for name, arr in row]
     limit = decode_limit(chunks, budget, usable_cores(), DEFAULT_CONCURRENCY).warning()
     if limit is not None:
-        warnings.append(f"{limit} {_rewrite(row, where)}")
+        warnings.append(f"{limit} {_rewrite(row, where, roles)}")
     if layout.amplification > WARN_AMPLIFICATION:
-        warnings.append(
+        said = (
             f"at memory_budget={format_bytes(budget)} the loader decodes {layout.amplification:.1f}x the data it "
-            f"serves every epoch ({layout.reason}). {_rewrite(row, where)}"
+            f"serves every epoch ({layout.reason})."
         )
+        mixed = bool(mixing) and all(d <= SORTED_DISTANCE for d in mixing.values())
+        once = _one_read_layout(row, batch_size, budget) if mixed else None
+        if once is not None:
+            grouping = ", ".join(f"{name!r} {d:.2f}" for name, d in mixing.items())
+            warnings.append(
+                f"{said} It reads each chunk several times to mix a store whose order it cannot know, but the "
+                f"labels are mixed already (grouping {grouping}; 0 is a random order), so one read per chunk "
+                f"mixes as well: pass reads_per_chunk=1 to the loader (daskfeed.as_sequence(..., "
+                f"reads_per_chunk=1)), which decodes {once.amplification:.2f}x; no rewrite needed"
+            )
+        else:
+            warnings.append(f"{said} {_rewrite(row, where, roles)}")
     return warnings
+
+
+def _one_read_layout(row: list[tuple[str, Any]], batch_size: int, budget: int) -> Layout | None:
+    """The layout of a loader with ``reads_per_chunk=1`` on ``row``, or None when the budget cannot hold it."""
+    specs = [
+        ArraySpec(name, np.dtype(arr.dtype).itemsize * math.prod(arr.shape[1:]), _bounds(arr)) for name, arr in row
+    ]
+    options = LoaderOptions(batch_size=batch_size, memory_budget=budget, seed=0, reads_per_chunk=1)
+    try:
+        return choose_layout(specs, row[0][1].shape[0], options)
+    except DaskfeedError:  # a chunk larger than a window: one read cannot serve it
+        return None
 
 
 def _label_mixing(row: list[tuple[str, Any]], attrs: dict, layout: Layout) -> tuple[dict[str, float], list[str]]:
     """The grouping of each array that looks like class labels, and a warning where a loader would see it."""
     mixing, warnings = {}, []
+    unit = dict(row)[layout.unit_array] if layout.unit_array in dict(row) else row[0][1]
     for name, arr in row:
         if arr.dtype.kind not in "biu" or (arr.ndim > 1 and math.prod(arr.shape[1:]) != 1):
             continue
         try:
-            distance = _label_distance(arr, int(arr.chunks[0]))
+            distance = _label_distance(arr, min(int(unit.chunks[0]), int(unit.shape[0])))
         except Exception as err:  # a damaged chunk: report it, and go on describing the store
             warnings.append(f"{name!r}: a chunk could not be read ({type(err).__name__}: {err}); the store is damaged")
             continue

@@ -7,6 +7,7 @@ import dataclasses
 import errno
 import functools
 import glob
+import itertools
 import json
 import math
 import os
@@ -17,6 +18,7 @@ import sys
 import threading
 import time
 import uuid
+import warnings
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from typing import Any
@@ -25,6 +27,7 @@ import numpy as np
 from dask.utils import format_bytes
 
 from daskfeed._compat import run_on_zarr_loop, zarr_loop
+from daskfeed._progress import Bar, progress_default
 from daskfeed._sources import (
     COLOR_MODES,
     IMAGE_SUFFIXES,
@@ -130,45 +133,6 @@ def permutation(index: np.ndarray, n: int, seed: int) -> np.ndarray:
     return out.astype(np.int64)
 
 
-# -- progress --------------------------------------------------------------------------------------------
-
-
-class _Progress:
-    """A one-line progress bar on a terminal; a line every 10% elsewhere (logs, CI)."""
-
-    def __init__(self, label: str, total: int, unit_bytes: int, enabled: bool, stream: Any = None):
-        self.label, self.total, self.unit_bytes, self.enabled = label, total, unit_bytes, enabled
-        self.stream = stream if stream is not None else sys.stderr
-        self.tty = bool(getattr(self.stream, "isatty", lambda: False)())
-        self.done, self.started, self.shown, self.decile = 0, time.perf_counter(), 0.0, 0
-        self.lock = threading.Lock()
-
-    def add(self, n: int) -> None:
-        with self.lock:
-            self.done += n
-            now = time.perf_counter()
-            decile = 10 * self.done // max(self.total, 1)
-            if self.enabled and ((self.tty and now - self.shown > 0.2) or (not self.tty and decile > self.decile)):
-                self.shown, self.decile = now, decile
-                self._show(now, end="\r" if self.tty else "\n")
-
-    def _show(self, now: float, end: str) -> None:
-        frac = self.done / max(self.total, 1)
-        seconds = max(now - self.started, 1e-9)
-        bar = "#" * int(frac * 24)
-        mb_s = self.done * self.unit_bytes / seconds / 1e6
-        print(
-            f"{self.label:<10} {frac:4.0%} |{bar:<24}| {self.done:,}/{self.total:,} samples  {mb_s:,.0f} MB/s",
-            end=end,
-            file=self.stream,
-            flush=True,
-        )
-
-    def close(self) -> None:
-        if self.enabled and (self.tty or self.decile < 10):
-            self._show(time.perf_counter(), end="\n")
-
-
 # -- writing -----------------------------------------------------------------------------------------------
 
 
@@ -194,6 +158,12 @@ class IngestReport:
         Wall time of this call.
     class_names : list of str, optional
         The class of each label, for a folder of images.
+    kept : tuple of str
+        Arrays written as they are, not along the samples: coordinates and variables of an xarray dataset along
+        other dimensions (``lat``, ``lon``). They are in ``arrays`` too.
+    dims : dict of str to tuple of str
+        Each array's dimension names, when the sources had xarray's (then ``xarray.open_zarr`` opens the store
+        with its coordinates); else empty.
     commit : str, optional
         The id of this store (a uuid4 hex), also in its attributes (``attrs["daskfeed"]["commit"]``): a store
         written again gets a new one.
@@ -217,6 +187,8 @@ class IngestReport:
     class_names: list[str] | None = None
     commit: str | None = None
     notes: tuple[str, ...] = ()
+    kept: tuple[str, ...] = ()
+    dims: dict[str, tuple[str, ...]] = dataclasses.field(default_factory=dict)
 
     def __str__(self) -> str:
         order = f"shuffled (seed {self.seed})" if self.shuffled else "in source order"
@@ -228,7 +200,11 @@ class IngestReport:
         if self.chunks_resumed:
             lines[0] += f"; {self.chunks_resumed} chunk rows were already written by an interrupted run"
         for name, (shape, dtype) in self.arrays.items():
-            lines.append(f"  {name}: {shape} {dtype}")
+            dims = f" ({', '.join(self.dims[name])})" if name in self.dims else ""
+            kept = ", kept as it is (not along the samples)" if name in self.kept else ""
+            lines.append(f"  {name}{dims}: {shape} {dtype}{kept}")
+        if self.dims:
+            lines.append("  xarray.open_zarr opens it with its coordinates")
         if self.class_names is not None:
             lines.append(f"  class_names: {self.class_names}")
         return "\n".join([*self.notes, *lines])
@@ -265,7 +241,7 @@ class IngestOptions:
     memory: int | str = DEFAULT_INGEST_MEMORY
     workers: int | None = None
     overwrite: bool = False
-    progress: bool = False
+    progress: bool | None = None
 
     def __post_init__(self) -> None:
         def put(name: str, value: Any) -> None:
@@ -276,8 +252,10 @@ class IngestOptions:
         if self.color_mode not in COLOR_MODES:
             raise InputError(f"color_mode must be one of {', '.join(COLOR_MODES)}, got {self.color_mode!r}")
         for knob in ("shuffle", "overwrite", "progress"):
-            if not isinstance(getattr(self, knob), bool):
+            if not isinstance(getattr(self, knob), bool) and not (knob == "progress" and self.progress is None):
                 raise InputTypeError(f"{knob} must be True or False, got {getattr(self, knob)!r}")
+        if self.progress is None:
+            put("progress", progress_default())
         for knob in ("chunk_length", "workers", "seed"):
             value = getattr(self, knob)
             if value is not None and (not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 0):
@@ -289,10 +267,13 @@ class IngestOptions:
         put("chunk_bytes", parse_bytes(self.chunk_bytes, "chunk_bytes"))
         put("memory", parse_bytes(self.memory, "memory"))
         put("image_size", _check_size(self.image_size))
+        if not self.shuffle and self.seed is not None:
+            raise InputError(
+                f"seed={self.seed} orders a shuffle, but shuffle is False, so the samples would be written in "
+                "source order and the seed ignored: pass shuffle=True as well (--shuffle), or drop the seed"
+            )
         if self.shuffle and self.seed is None:
             put("seed", int(np.random.default_rng().integers(0, 2**31)))
-        elif not self.shuffle:
-            put("seed", None)  # only a shuffle has a seed
 
     def chunk_length_for(self, sources: SourceSet) -> int:
         length = self.chunk_length or max(1, self.chunk_bytes // max(sources.bytes_per_sample, 1))
@@ -575,25 +556,48 @@ def _run(tasks: list[Any], workers: int | None) -> None:
             future.result()
 
 
+def _pieces(start: int, stop: int, step: int) -> list[tuple[int, int]]:
+    """``[start, stop)`` cut at the multiples of ``step``: the runs of rows a source decodes together (one zarr or
+    dask chunk), so that each is decoded once and progress moves after each."""
+    if step <= 1:
+        return [(start, stop)]
+    edges = [start, *range((start // step + 1) * step, stop, step), stop]
+    return list(itertools.pairwise(edges))
+
+
+def _bar(job: _Job, label: str, done_samples: int = 0) -> Bar:
+    per = job.sources.bytes_per_sample
+    return Bar(label, job.n * per, enabled=job.options.progress, done=done_samples * per)
+
+
 def _write_in_order(job: _Job) -> int:
     todo = [i for i in range(job.n_chunks) if f"chunk {i}" not in job.journal.done]
-    bar = _Progress("ingest", job.n, job.sources.bytes_per_sample, job.options.progress)
-    bar.add(job.n - sum(job.span(i, i + 1)[1] - job.span(i, i + 1)[0] for i in todo))
+    per = job.sources.bytes_per_sample
+    bar = _bar(job, "ingest", job.n - sum(job.span(i, i + 1)[1] - job.span(i, i + 1)[0] for i in todo))
 
     def write(first: int, last: int) -> None:
-        missing = [i for i in range(first, last) if f"chunk {i}" not in job.journal.done]
-        start, stop = job.span(missing[0], missing[-1] + 1)
-        rows = [src.read(start, stop) for src in job.sources.arrays]
-        for i in missing:
-            lo, hi = job.span(i, i + 1)
-            for data, target in zip(rows, job.targets):
-                target[lo:hi] = data[lo - start : hi - start]
-            job.journal.mark(f"chunk {i}")
-            bar.add(hi - lo)
+        waiting = [i for i in range(first, last) if f"chunk {i}" not in job.journal.done]
+        start, stop = job.span(waiting[0], waiting[-1] + 1)
+        held: list[np.ndarray] | None = None  # rows [held_start, hi) of each array, read and not yet written
+        held_start = start
+        for lo, hi in _pieces(start, stop, job.sources.read_rows):
+            rows = [src.read(lo, hi) for src in job.sources.arrays]
+            held = rows if held is None else [np.concatenate([h, r]) for h, r in zip(held, rows)]
+            while waiting and job.span(waiting[0], waiting[0] + 1)[1] <= hi:
+                i = waiting.pop(0)
+                c_lo, c_hi = job.span(i, i + 1)
+                for data, target in zip(held, job.targets):
+                    target[c_lo:c_hi] = data[c_lo - held_start : c_hi - held_start]
+                job.journal.mark(f"chunk {i}")
+                bar.add((c_hi - c_lo) * per)
+            keep = min(job.span(waiting[0], waiting[0] + 1)[0], hi) if waiting else hi
+            held, held_start = [h[keep - held_start :] for h in held], keep
 
     runs = [(a, b) for a, b in job.blocks() if any(f"chunk {i}" not in job.journal.done for i in range(a, b))]
-    _run([functools.partial(write, a, b) for a, b in runs], job.workers)
-    bar.close()
+    try:
+        _run([functools.partial(write, a, b) for a, b in runs], job.workers)
+    finally:
+        bar.close()
     return len(todo)
 
 
@@ -603,60 +607,98 @@ def _scatter(job: _Job, bucket: int) -> None:
     shutil.rmtree(job.work.buckets, ignore_errors=True)
     os.makedirs(job.work.buckets)
     locks = [threading.Lock() for _ in range(n_buckets)]
-    bar = _Progress("scatter", job.n, job.sources.bytes_per_sample + 8, job.options.progress)
+    per = job.sources.bytes_per_sample
+    bar = _bar(job, "scatter")
 
     def scatter(first: int, last: int) -> None:
-        start, stop = job.span(first, last)
-        where = permutation(np.arange(start, stop), job.n, job.options.seed)
-        which = where // bucket
-        order = np.argsort(which, kind="stable")
-        cuts = np.searchsorted(which[order], np.arange(n_buckets + 1))
-        blocks = [src.read(start, stop)[order] for src in job.sources.arrays]
-        where = where[order]
-        for k in range(n_buckets):
-            lo, hi = cuts[k], cuts[k + 1]
-            if lo == hi:
-                continue
-            with locks[k]:
-                with open(os.path.join(job.work.buckets, f"{k}.where"), "ab") as f:
-                    where[lo:hi].tofile(f)
-                for j, block in enumerate(blocks):
-                    with open(os.path.join(job.work.buckets, f"{k}.{j}"), "ab") as f:
-                        np.ascontiguousarray(block[lo:hi]).tofile(f)
-        bar.add(stop - start)
+        for start, stop in _pieces(*job.span(first, last), job.sources.read_rows):
+            where = permutation(np.arange(start, stop), job.n, job.options.seed)
+            which = where // bucket
+            order = np.argsort(which, kind="stable")
+            cuts = np.searchsorted(which[order], np.arange(n_buckets + 1))
+            blocks = []
+            for src in job.sources.arrays:  # half a piece's credit as it is read, half once it is in its buckets
+                blocks.append(src.read(start, stop)[order])
+                bar.add((stop - start) * src.row_bytes // 2)
+            where = where[order]
+            for k in range(n_buckets):
+                lo, hi = cuts[k], cuts[k + 1]
+                if lo == hi:
+                    continue
+                with locks[k]:
+                    with open(os.path.join(job.work.buckets, f"{k}.where"), "ab") as f:
+                        where[lo:hi].tofile(f)
+                    for j, block in enumerate(blocks):
+                        with open(os.path.join(job.work.buckets, f"{k}.{j}"), "ab") as f:
+                            np.ascontiguousarray(block[lo:hi]).tofile(f)
+            bar.add((stop - start) * per - sum((stop - start) * src.row_bytes // 2 for src in job.sources.arrays))
 
-    _run([functools.partial(scatter, a, b) for a, b in job.blocks()], job.workers)
-    bar.close()
+    try:
+        _run([functools.partial(scatter, a, b) for a, b in job.blocks()], job.workers)
+    finally:
+        bar.close()
     job.journal.mark("scattered")
+
+
+#: Decoded bytes of one array written to the store at once when a bucket is placed: progress moves after each.
+PLACE_SLICE_BYTES = 64 * 2**20
 
 
 def _place(job: _Job, bucket: int) -> int:
     """Pass 2 of a shuffle: each bucket, a run of whole output chunks, is put in order in memory and written."""
-    bar = _Progress("place", job.n, job.sources.bytes_per_sample + 8, job.options.progress)
+    done = sum(
+        min(job.n, (k + 1) * bucket) - k * bucket
+        for k in range(math.ceil(job.n / bucket))
+        if f"bucket {k}" in job.journal.done
+    )
+    bar = _bar(job, "place", done)
     written = 0
-    for k in range(math.ceil(job.n / bucket)):
-        lo, hi = k * bucket, min(job.n, (k + 1) * bucket)
-        if f"bucket {k}" in job.journal.done:
-            bar.add(hi - lo)
-            continue
-        folder = job.work.buckets
-        where = np.fromfile(os.path.join(folder, f"{k}.where"), np.int64) - lo
-        if where.size != hi - lo:
-            raise InputError(f"ingest work file {folder}/{k}.where is incomplete; delete {job.work.path!r} and rerun")
-        for j, (src, target) in enumerate(zip(job.sources.arrays, job.targets)):
-            rows = np.fromfile(os.path.join(folder, f"{k}.{j}"), src.dtype).reshape((hi - lo, *src.shape[1:]))
-            placed = np.empty_like(rows)
-            placed[where] = rows
-            del rows
-            target[lo:hi] = placed
-            del placed
-        job.journal.mark(f"bucket {k}")
-        for f in glob.glob(os.path.join(folder, f"{k}.*")):
-            os.remove(f)
-        written += math.ceil((hi - lo) / job.length)
-        bar.add(hi - lo)
-    bar.close()
+    try:
+        for k in range(math.ceil(job.n / bucket)):
+            lo, hi = k * bucket, min(job.n, (k + 1) * bucket)
+            if f"bucket {k}" in job.journal.done:
+                continue
+            folder = job.work.buckets
+            where = np.fromfile(os.path.join(folder, f"{k}.where"), np.int64) - lo
+            if where.size != hi - lo:
+                raise InputError(
+                    f"ingest work file {folder}/{k}.where is incomplete; delete {job.work.path!r} and rerun"
+                )
+            for j, (src, target) in enumerate(zip(job.sources.arrays, job.targets)):
+                _place_array(os.path.join(folder, f"{k}.{j}"), where, src, target, lo, job, bar)
+            job.journal.mark(f"bucket {k}")
+            for f in glob.glob(os.path.join(folder, f"{k}.*")):
+                os.remove(f)
+            written += math.ceil((hi - lo) / job.length)
+    finally:
+        bar.close()
     return written
+
+
+def _place_array(path: str, where: np.ndarray, src: Any, target: Any, lo: int, job: _Job, bar: Bar) -> None:
+    """One array of one bucket: read its file, put each row where it lands, write it to the store; each step
+    in slices of whole output chunks (``lo`` is a chunk boundary), a third of the slice's credit after each."""
+    n, row = where.size, src.row_bytes
+    rows = np.empty((n, *src.shape[1:]), src.dtype)
+    step = max(1, PLACE_SLICE_BYTES // max(row * job.length, 1)) * job.length
+    spans = [(a, min(n, a + step)) for a in range(0, n, step)]
+
+    def third(a: int, b: int) -> int:
+        return (b - a) * row // 3
+
+    with open(path, "rb") as f:
+        for a, b in spans:
+            if row and f.readinto(rows[a:b].reshape(-1).view(np.uint8)) != (b - a) * row:
+                raise InputError(f"ingest work file {path} is incomplete; delete {job.work.path!r} and rerun")
+            bar.add(third(a, b))
+    placed = np.empty_like(rows)
+    for a, b in spans:
+        placed[where[a:b]] = rows[a:b]
+        bar.add(third(a, b))
+    del rows
+    for a, b in spans:
+        target[lo + a : lo + b] = placed[a:b]
+        bar.add((b - a) * row - 2 * third(a, b))
 
 
 def _write_shuffled(job: _Job) -> int:
@@ -669,13 +711,40 @@ def _write_shuffled(job: _Job) -> int:
     return _place(job, bucket)
 
 
+def _write_kept(job: _Job, root: Any) -> None:
+    """Write the arrays kept as they are (coordinates along other dimensions: ``lat``, ``lon``), in order."""
+    for src in job.sources.kept:
+        step = f"kept {src.name}"
+        if step in job.journal.done:
+            continue
+        target = _every_chunk(root, src.name)
+        if not src.shape:
+            target[...] = src.read(0, 0)
+        else:
+            rows = max(1, PLACE_SLICE_BYTES // max(src.row_bytes, 1))
+            for a in range(0, src.shape[0], rows):
+                b = min(src.shape[0], a + rows)
+                target[a:b] = src.read(a, b)
+        job.journal.mark(step)
+
+
+def _consolidate(path: str) -> None:
+    """Write zarr's consolidated metadata, which ``xarray.open_zarr`` looks for first (without it xarray warns
+    that the store is slower to open). zarr 3 warns that this is not yet in its format's specification."""
+    import zarr
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        zarr.consolidate_metadata(path)
+
+
 def _open_existing(path: str, sources: SourceSet) -> Any:
     """The store an interrupted run was writing, or None when it cannot be resumed (gone, or not all arrays)."""
     import zarr
 
     try:
         root = zarr.open_group(path, mode="r+")
-        return root if all(a.name in root for a in sources.arrays) else None
+        return root if all(a.name in root for a in sources.every) else None
     except Exception:  # zarr raises several kinds for a store it cannot read; then start afresh
         return None
 
@@ -684,14 +753,21 @@ def _create_target(path: str, sources: SourceSet, length: int, compression: str)
     import zarr
 
     root = zarr.open_group(path, mode="w")
-    for a in sources.arrays:
+    named = sources.sample_dim is not None  # xarray's dimension names on every array
+    for a in sources.every:
+        if a.kept:  # written as it is: chunks of ~4 MiB along its first axis, if it has one
+            rows = max(1, min(a.shape[0], DEFAULT_CHUNK_BYTES // max(a.row_bytes, 1))) if a.shape else 0
+            chunks = (rows, *a.shape[1:]) if a.shape else ()
+        else:
+            chunks = (length, *a.shape[1:])
         root.create_array(
             a.name,
             shape=a.shape,
-            chunks=(length, *a.shape[1:]),
+            chunks=chunks,
             dtype=a.dtype,
             compressors=_compressors(compression),
             fill_value=0,
+            dimension_names=a.dims if named else None,
         )
     return root
 
@@ -711,20 +787,26 @@ def _write_attrs(root: Any, job: _Job, commit: str) -> None:
     """Mark each array (and the store) with how it was written; ``shuffled`` lets the loader read once, and
     ``commit`` (new for every store written) lets it notice a store replaced under it."""
     arrays = job.sources.arrays
-    class_names = next((a.attrs["class_names"] for a in arrays if "class_names" in a.attrs), None)
+    class_names = next((a.attrs["class_names"] for a in job.sources.every if "class_names" in a.attrs), None)
     info = {
         "shuffled": job.options.shuffle,
         "seed": job.options.seed,
         "chunk_length": job.length,
-        "sources": sorted({p.path for a in arrays for p in a.parts}),
+        "sources": sorted({p.path for a in job.sources.every for p in a.parts}),
         "commit": commit,
     }
+    if job.sources.sample_dim is not None:
+        info["sample_dim"] = job.sources.sample_dim
     for src, target in zip(arrays, job.targets):
         # every_chunk: chunks of fill values are written too, so a missing chunk is damage (integrity.py).
         mark = {"shuffled": job.options.shuffle, "every_chunk": True, "commit": commit}
         target.attrs.update({**src.attrs, "daskfeed": mark})
+    for src in job.sources.kept:  # in the order of their source, whatever the samples' order
+        mark = {"shuffled": False, "kept": True, "every_chunk": True, "commit": commit}
+        root[src.name].attrs.update({**src.attrs, "daskfeed": mark})
     # The root last: its commit id says that every array's attributes are written (see _WorkFolder.waiting).
-    root.attrs.update({"daskfeed": info, **({"class_names": class_names} if class_names else {})})
+    extra = {"class_names": class_names} if class_names else {}
+    root.attrs.update({**job.sources.attrs, "daskfeed": info, **extra})
     _step("attrs")
 
 
@@ -874,16 +956,16 @@ def ingest(
     dest: str | os.PathLike,
     *,
     chunk_length: int | None = None,
-    chunk_bytes: int | str = DEFAULT_CHUNK_BYTES,
+    chunk_bytes: int | float | str = DEFAULT_CHUNK_BYTES,
     compression: str = "zstd",
     shuffle: bool = False,
     seed: int | None = None,
     image_size: tuple[int, int] | None = None,
     color_mode: str = "rgb",
-    memory: int | str = DEFAULT_INGEST_MEMORY,
+    memory: int | float | str = DEFAULT_INGEST_MEMORY,
     workers: int | None = None,
     overwrite: bool = False,
-    progress: bool = False,
+    progress: bool | None = None,
 ) -> IngestReport:
     """Write arrays from files, zarr stores or memory into one chunked, compressed zarr store.
 
@@ -905,12 +987,21 @@ def ingest(
         class (-> ``"images"`` uint8 and ``"labels"`` int64, with ``class_names`` in the attributes).
         ``NAME=PATH`` names the array; files with the same name are put end to end in the order given, and glob
         patterns (``"x=parts/x_*.npy"``) expand in sorted order. From Python, a dict names its sources, which
-        may also be zarr arrays or groups, dask arrays, numpy arrays or xarray DataArrays.
+        may also be zarr arrays or groups, dask arrays, numpy arrays or xarray DataArrays; an ``xarray.Dataset``
+        (alone, in a list, or as a dict value that prefixes its names) gives its data variables and coordinates.
+
+        An ``xarray.Dataset``, or a store ``Dataset.to_zarr`` wrote, is written along its **sample dimension**:
+        the first dimension of the data variables that hold the most bytes (``time`` for ``(time, lat,
+        lon)``). Its data variables and coordinates along it (``time``) are rechunked and, with ``shuffle``,
+        shuffled together, so each sample keeps its coordinates; coordinates and variables along other
+        dimensions (``lat``, ``lon``) are written as they are. Every array keeps its attributes and dimension
+        names, and the store gets consolidated metadata, so ``xarray.open_zarr(dest)`` opens it with its
+        coordinates.
     dest : path
         The zarr store to write; a local directory.
     chunk_length : int, optional
         Samples per chunk. By default, as many as fit ``chunk_bytes`` decoded (all arrays of a sample together).
-    chunk_bytes : int or str, default 4 MiB
+    chunk_bytes : int, float or str, default 4 MiB
         Target decoded size of one chunk row when ``chunk_length`` is not given.
     compression : {"zstd", "lz4", "none"}, default "zstd"
         Blosc with zstd (level 3) or lz4 (level 5), both with byte shuffle; or no compression.
@@ -925,7 +1016,7 @@ def ingest(
         Resize every image to this size. Without it all images must have the size of the first.
     color_mode : {"rgb", "grayscale", "rgba"}, default "rgb"
         Channels images are converted to, as in Keras.
-    memory : int or str, default 1 GiB
+    memory : int, float or str, default 1 GiB
         Memory a shuffled ingest may use to place one bucket of samples; it also bounds how many rows are read
         from a zarr or dask source at once (never fewer than one of its chunks).
     workers : int, optional
@@ -933,8 +1024,10 @@ def ingest(
     overwrite : bool, default False
         Replace an existing ``dest`` once the new store is complete (the new store gets a new ``commit`` id in
         its attributes). Without it an existing ``dest`` is an error.
-    progress : bool, default False
-        Show a progress bar on standard error (the ``daskfeed ingest`` command shows it).
+    progress : bool, optional
+        Show a progress bar (tqdm) on standard error for each phase. By default on when standard error is a
+        terminal or a Jupyter notebook shows it, off in logs and pipes; ``daskfeed ingest`` shows it unless
+        ``--quiet``.
 
     Returns
     -------
@@ -944,7 +1037,8 @@ def ingest(
     ------
     InputError
         A source is missing or unreadable, arrays disagree on their length, the files of one array on their
-        shape or dtype, ``dest`` exists without ``overwrite``, or a knob is out of range.
+        shape or dtype, ``dest`` exists without ``overwrite``, ``seed`` is given without ``shuffle``, or a knob
+        is out of range.
     DiskFullError
         The disk filled up (also an ``OSError`` with ``errno`` ``ENOSPC``); the message says how much space the
         ingest needs. The work done so far is kept: free space and call ``ingest`` again to finish.
@@ -1022,7 +1116,7 @@ def _manifest(sources: SourceSet, options: IngestOptions, length: int, drawn: bo
         "version": _MANIFEST_VERSION,
         "arrays": sources.fingerprint(),
         "options": options.decisive(length),
-        "command": {a.name: [identity(p) for p in a.parts] for a in sources.arrays},
+        "command": {a.name: [identity(p) for p in a.parts] for a in sources.every},
         "seed_drawn": drawn,
     }
     return json.loads(json.dumps(manifest))  # as read back from the file: tuples become lists
@@ -1044,13 +1138,17 @@ def _build(
         return 0, commit, fresh
     journal = work.journal()
     try:
+        found.hold_small(options.memory)
         workers = 1 if found.sequential else options.workers
         block = _block_chunks(found, length, options, workers or os.cpu_count() or 1)
         targets = [_every_chunk(root, a.name) for a in found.arrays]
         job = _Job(found, targets, journal, work, options, length, block, workers)
+        _write_kept(job, root)
         written = (_write_shuffled if options.shuffle else _write_in_order)(job)
         commit = uuid.uuid4().hex
         _write_attrs(root, job, commit)
+        if found.sample_dim is not None:
+            _consolidate(work.store)
     finally:
         journal.close()
     _remove_zarr_temporaries(work.store)
@@ -1070,7 +1168,7 @@ def _report(
 ) -> IngestReport:
     return IngestReport(
         store=dest,
-        arrays={a.name: (a.shape, str(a.dtype)) for a in found.arrays},
+        arrays={a.name: (a.shape, str(a.dtype)) for a in found.every},
         samples=found.n_samples,
         chunk_length=length,
         shuffled=options.shuffle,
@@ -1079,9 +1177,11 @@ def _report(
         chunks_written=written,
         chunks_resumed=math.ceil(found.n_samples / length) - written,
         decoded_bytes=found.n_samples * found.bytes_per_sample,
-        stored_bytes=sum(_tree_bytes(os.path.join(dest, a.name)) for a in found.arrays),  # 3x zarr's listing
+        stored_bytes=sum(_tree_bytes(os.path.join(dest, a.name)) for a in found.every),  # 3x zarr's listing
         seconds=time.perf_counter() - started,
-        class_names=next((a.attrs["class_names"] for a in found.arrays if "class_names" in a.attrs), None),
+        class_names=next((a.attrs["class_names"] for a in found.every if "class_names" in a.attrs), None),
         commit=commit,
         notes=notes,
+        kept=tuple(a.name for a in found.kept),
+        dims={a.name: a.dims for a in found.every} if found.sample_dim is not None else {},
     )

@@ -41,6 +41,15 @@ class _Part(abc.ABC):
     sequential = False  # True when reading out of order is slow (a compressed .npz member)
     #: Rows that the source decodes together (a zarr or dask chunk): reads are best aligned to runs of them.
     read_rows = 1
+    #: xarray's dimension names, where the source has them (a store xarray wrote, a Dataset or DataArray).
+    dims: tuple[str, ...] | None = None
+    #: The source's own attributes, carried to the array written (units, calendar, long_name, ...).
+    attrs: dict | None = None
+    #: Whether the source is a coordinate of an xarray dataset (``time``, ``lat``) rather than a data variable.
+    coordinate = False
+    #: Whether it came with others from one dataset or store: then it may lie along another dimension than the
+    #: samples (``lat``), and is kept as it is; an array given alone always runs along the samples.
+    grouped = False
 
     @abc.abstractmethod
     def read(self, start: int, stop: int) -> np.ndarray:
@@ -199,12 +208,17 @@ class _ZarrPart(_Part):
     """A zarr array (opened from a path or URL, or given from Python), read by ranges of its rows."""
 
     def __init__(self, path: str, array: Any):
+        from daskfeed.inputs import dims_of
+
         self.path, self._array = path, array
         self.shape, self.dtype = tuple(array.shape), np.dtype(array.dtype)
         self.read_rows = int(array.chunks[0]) if array.ndim else 1
+        self.dims = dims_of(array)
+        self.attrs = _json_attrs(dict(array.attrs))
+        self.coordinate = self.dims is not None and self.dims == (path.rstrip("/").rpartition("/")[2],)
 
     def read(self, start: int, stop: int) -> np.ndarray:
-        return np.asarray(self._array[start:stop])
+        return np.asarray(self._array[start:stop] if self.shape else self._array[...])
 
     def fingerprint(self) -> list:
         meta = [m for m in ("zarr.json", ".zarray") if "://" not in self.path and os.path.exists(f"{self.path}/{m}")]
@@ -213,11 +227,19 @@ class _ZarrPart(_Part):
 
 
 class _ArrayPart(_Part):
-    """A dask or numpy array given from Python (or the ``.data`` of an xarray DataArray)."""
+    """A dask or numpy array given from Python, or an xarray variable (of a DataArray or a Dataset): its dask
+    array when it has one, else read by slices through xarray, so that a lazily loaded variable stays lazy."""
 
-    def __init__(self, name: str, array: Any):
+    def __init__(self, name: str, array: Any, *, coordinate: bool = False, grouped: bool = False):
         import dask.array as da
 
+        self._xarray = _is_xarray(array)
+        if self._xarray:
+            variable = getattr(array, "variable", array)  # a DataArray's Variable; a Variable as is
+            self.dims = tuple(str(d) for d in variable.dims)
+            self.attrs = _json_attrs(dict(variable.attrs))
+            array = variable.data if variable.chunks is not None else variable  # .data of the rest would load it
+        self.coordinate, self.grouped = coordinate, grouped
         self.path, self._array = f"<array {name}>", array
         self.shape, self.dtype = tuple(int(s) for s in array.shape), np.dtype(array.dtype)
         self._lazy = isinstance(array, da.Array)
@@ -225,18 +247,57 @@ class _ArrayPart(_Part):
             raise InputError(f"array {name!r} has unknown chunk sizes; call .compute_chunk_sizes() on it first")
         self.read_rows = int(max(array.chunks[0])) if self._lazy and array.ndim else 1
 
+    def _rows(self, selection: Any) -> np.ndarray:
+        part = self._array[selection]
+        if self._lazy:  # inside ingest's own threads: compute the slice here, not on a second pool
+            return np.asarray(part.compute(scheduler="synchronous"))
+        return np.asarray(part.values if _is_xarray(part) else part)
+
     def read(self, start: int, stop: int) -> np.ndarray:
-        part = self._array[start:stop]
-        # Inside ingest's own threads: compute the slice here, not on a second pool.
-        return np.asarray(part.compute(scheduler="synchronous") if self._lazy else part)
+        return self._rows(slice(start, stop) if self.shape else ...)
 
     def fingerprint(self) -> list:
         if self._lazy:
             return [self.path, self._array.name, list(self.shape), str(self.dtype)]
         import zlib
 
-        rows = self._array[:: max(1, self.shape[0] // 64)] if self.shape else self._array
+        rows = self._rows(slice(None, None, max(1, self.shape[0] // 64)) if self.shape else ...)
         return [self.path, list(self.shape), str(self.dtype), zlib.crc32(np.ascontiguousarray(rows).tobytes())]
+
+
+def _is_xarray(value: Any) -> bool:
+    """An xarray DataArray or Variable (without importing xarray)."""
+    return type(value).__name__ in ("DataArray", "Variable", "IndexVariable") and hasattr(value, "dims")
+
+
+def _json_attrs(attrs: dict) -> dict:
+    """Attributes as JSON that zarr can write: numpy scalars and arrays as Python values, a NaN ``_FillValue``
+    (xarray's default for floats, which changes nothing on reading) left out, and daskfeed's own marks and
+    zarr 2's dimension list dropped (the store written carries both anew)."""
+
+    def plain(value: Any) -> Any:
+        if isinstance(value, np.ndarray):
+            return [plain(v) for v in value.tolist()]
+        if isinstance(value, np.generic):
+            value = value.item()
+        if isinstance(value, bytes):
+            return value.decode("utf-8", "replace")
+        if isinstance(value, float) and not math.isfinite(value):
+            return str(value)
+        if isinstance(value, (list, tuple, set)):
+            return [plain(v) for v in value]
+        if isinstance(value, Mapping):
+            return {str(k): plain(v) for k, v in value.items()}
+        return value
+
+    out = {}
+    for key, value in attrs.items():
+        if key in ("_ARRAY_DIMENSIONS", "daskfeed"):
+            continue
+        if key == "_FillValue" and isinstance(value, (float, np.floating)) and math.isnan(value):
+            continue
+        out[str(key)] = plain(value)
+    return out
 
 
 def _is_zarr(path: str) -> bool:
@@ -244,27 +305,86 @@ def _is_zarr(path: str) -> bool:
     return "://" in path or any(os.path.exists(os.path.join(path, m)) for m in ("zarr.json", ".zgroup", ".zarray"))
 
 
-def _zarr(path: str, name: str | None) -> list[tuple[str, _Part]]:
-    """A zarr store's arrays (``sub/name`` in sub-groups), or one array; ``NAME=`` names it, or prefixes a group's."""
+def _zarr(path: str, name: str | None, meta: dict) -> list[tuple[str, _Part]]:
+    """A zarr store's arrays (``sub/name`` in sub-groups), or one array; ``NAME=`` names it, or prefixes a group's.
+    The group's attributes go to ``meta["attrs"]``."""
     from daskfeed.inputs import open_zarr_node
 
     node, arrays = open_zarr_node(path)
     location = path.rstrip("/")
     if arrays is None:
         return [(name or os.path.basename(location), _ZarrPart(location, node))]
-    return [(f"{name}/{key}" if name else key, _ZarrPart(f"{location}/{key}", array)) for key, array in arrays.items()]
+    return _group_parts(node, arrays, name, location, meta)
+
+
+def _group_parts(group: Any, arrays: dict, name: str | None, location: str, meta: dict) -> list[tuple[str, _Part]]:
+    """The parts of a zarr group's arrays, each knowing whether it is a coordinate of the dataset xarray wrote."""
+    from daskfeed.inputs import coordinate_names, dims_of
+
+    group_attrs = dict(group.attrs)
+    for key, value in _json_attrs(group_attrs).items():
+        meta.setdefault("attrs", {}).setdefault(key, value)
+    dims = {key: dims_of(array) for key, array in arrays.items()}
+    coordinates = coordinate_names(dims, {k: dict(a.attrs) for k, a in arrays.items()}, group_attrs)
+    out = []
+    for key, array in arrays.items():
+        part = _ZarrPart(f"{location}/{key}", array)
+        part.coordinate, part.grouped = key in coordinates, True
+        out.append((f"{name}/{key}" if name else key, part))
+    return out
+
+
+def _dataset(name: str | None, ds: Any, meta: dict) -> list[tuple[str, _Part]]:
+    """The variables of an ``xarray.Dataset``, data and coordinates, encoded as ``Dataset.to_zarr`` encodes them
+    (times as numbers with ``units`` and ``calendar``), so that xarray reads the store written as it was."""
+    from xarray import conventions
+
+    try:
+        variables, attrs = conventions.encode_dataset_coordinates(ds)
+        variables, attrs = conventions.cf_encoder(variables, attrs)
+    except Exception as err:  # an encoding xarray refuses: say how to go through a store instead
+        raise InputError(
+            f"cannot encode the xarray.Dataset for writing ({type(err).__name__}: {err}); write it with "
+            "ds.to_zarr(PATH) and ingest PATH instead"
+        ) from err
+    for key, value in _json_attrs(dict(attrs)).items():
+        meta.setdefault("attrs", {}).setdefault(key, value)
+    coords = {str(c) for c in ds.coords}
+    out = []
+    for key, variable in variables.items():
+        key = str(key)
+        full = f"{name}/{key}" if name else key
+        out.append((full, _ArrayPart(full, variable, coordinate=key in coords, grouped=True)))
+    return out
 
 
 @dataclass
 class _Source:
-    """One array of the store: its parts, end to end along the sample axis."""
+    """One array of the store: its parts, end to end along the sample axis (or, ``kept``, one array written as
+    it is: a coordinate or variable of a dataset along another dimension than the samples)."""
 
     name: str
     parts: list[_Part] = field(default_factory=list)
     attrs: dict = field(default_factory=dict)
+    #: Dimension names to write (xarray's ``dimension_names``), or None for a store without them.
+    dims: tuple[str, ...] | None = None
+    coordinate: bool = False
+    grouped: bool = False
+    kept: bool = False
+    #: Read whole on first use and served from memory (see :meth:`SourceSet.hold_small`).
+    held: bool = False
+    _whole: np.ndarray | None = field(default=None, repr=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    @property
+    def read_rows(self) -> int:
+        """The most rows one of its sources decodes together (a zarr or dask chunk); 1 for files."""
+        return max(p.read_rows for p in self.parts)
 
     @property
     def shape(self) -> tuple[int, ...]:
+        if not self.parts[0].shape:
+            return ()
         return (sum(p.shape[0] for p in self.parts), *self.parts[0].shape[1:])
 
     @property
@@ -275,7 +395,27 @@ class _Source:
     def row_bytes(self) -> int:
         return self.dtype.itemsize * math.prod(self.shape[1:])
 
+    @property
+    def nbytes(self) -> int:
+        return self.dtype.itemsize * math.prod(self.shape)
+
+    @property
+    def what(self) -> str:
+        """How messages name it: ``coordinate 'time'``, ``array 'x'``."""
+        return f"{'coordinate' if self.coordinate else 'array'} {self.name!r}"
+
     def read(self, start: int, stop: int) -> np.ndarray:
+        if not self.shape:
+            return self.parts[0].read(0, 0)
+        if self.held:
+            with self._lock:
+                if self._whole is None:
+                    self.held = False  # read it once, through the parts
+                    try:
+                        self._whole = self.read(0, self.shape[0])
+                    finally:
+                        self.held = True
+            return self._whole[start:stop]
         pieces, offset = [], 0
         for part in self.parts:
             n = part.shape[0]
@@ -286,22 +426,40 @@ class _Source:
         return pieces[0] if len(pieces) == 1 else np.concatenate(pieces)
 
     def add(self, part: _Part) -> None:
-        if len(part.shape) == 0:
-            raise InputError(f"{_where(part)} is a 0-d array; expected at least one axis, the sample axis (axis 0)")
-        if part.dtype.kind not in TENSOR_KINDS:
-            raise InputTypeError(
-                f"{_where(part)} has dtype {part.dtype}, which cannot become a tensor; expected bool, integer, "
-                "float or complex"
-            )
         if self.parts:
             first = self.parts[0]
+            if len(part.shape) == 0 or len(first.shape) == 0:
+                raise InputError(
+                    f"cannot put the sources of array {self.name!r} end to end: {_where(first)} or {_where(part)} "
+                    "is a 0-d array; give each source its own NAME="
+                )
             if part.shape[1:] != first.shape[1:] or part.dtype != first.dtype:
                 raise InputError(
                     f"cannot put the files of array {self.name!r} end to end: {_where(first)} holds "
                     f"{first.shape} {first.dtype} and {_where(part)} holds {part.shape} {part.dtype}; every "
                     "file of one array needs the same shape after axis 0 (samples) and the same dtype"
                 )
+        else:
+            self.dims, self.coordinate, self.grouped = part.dims, part.coordinate, part.grouped
+            self.attrs = {**(part.attrs or {}), **self.attrs}
         self.parts.append(part)
+
+    def check(self) -> None:
+        """What every array written must be: numeric, and (along the samples) at least 1-d."""
+        part = self.parts[0]
+        if not self.kept and len(self.shape) == 0:
+            raise InputError(f"{_where(part)} is a 0-d array; expected at least one axis, the sample axis (axis 0)")
+        if self.dtype.kind not in TENSOR_KINDS:
+            if self.coordinate or self.grouped:
+                raise InputTypeError(
+                    f"{self.what} has dtype {self.dtype}, which ingest cannot write (only bool, integer, float and "
+                    "complex); leave it out: give the store's arrays by path (STORE/images STORE/labels), or drop "
+                    f"it from the Dataset first (ds.drop_vars({self.name.rpartition('/')[2]!r}))"
+                )
+            raise InputTypeError(
+                f"{_where(part)} has dtype {part.dtype}, which cannot become a tensor; expected bool, integer, "
+                "float or complex"
+            )
 
 
 def _where(part: _Part) -> str:
@@ -334,7 +492,9 @@ def _expand(path: str) -> list[str]:
     base = path.rpartition(":")[0]
     if base and os.path.isfile(base) and base.lower().endswith(HDF5_SUFFIXES):
         return [path]
-    raise InputError(f"source {path!r} does not exist")
+    from daskfeed.inputs import missing_path_hint
+
+    raise InputError(f"source {path!r} does not exist{missing_path_hint(path)}")
 
 
 def _image_folder(path: str, image_size: tuple[int, int] | None, color_mode: str) -> list[_Source]:
@@ -391,14 +551,16 @@ def _hdf5(path: str, name: str | None, files: dict[str, Any]) -> list[tuple[str,
     return [(name or key, _H5Part(file_path, key, file)) for key in names]
 
 
-def _objects(name: str | None, value: Any) -> list[tuple[str, _Part]] | None:
+def _objects(name: str | None, value: Any, meta: dict) -> list[tuple[str, _Part]] | None:
     """Parts of a zarr, dask, numpy or xarray object given from Python; None for a path."""
     import zarr
 
+    from daskfeed.inputs import is_dataset
+
     if isinstance(value, (str, os.PathLike)):
         return None
-    if type(value).__name__ == "DataArray" and hasattr(value, "dims"):  # xarray, without importing it
-        value = value.data
+    if is_dataset(value):
+        return _dataset(name, value, meta)
     if isinstance(value, (zarr.Array, zarr.Group)):
         from daskfeed.inputs import open_zarr_node, store_location
 
@@ -406,18 +568,22 @@ def _objects(name: str | None, value: Any) -> list[tuple[str, _Part]] | None:
         where = store_location(node) or str(node.store_path)
         if arrays is None:
             return [(name or node.basename or "array", _ZarrPart(f"{where}/{node.path}".rstrip("/"), node))]
-        return [(f"{name}/{k}" if name else k, _ZarrPart(f"{where}/{a.path}", a)) for k, a in arrays.items()]
+        return _group_parts(node, arrays, name, f"{where}/{node.path}".rstrip("/"), meta)
+    if _is_xarray(value) and name:
+        return [(name, _ArrayPart(name, value))]
     if hasattr(value, "shape") and hasattr(value, "dtype") and hasattr(value, "__getitem__") and name:
         return [(name, _ArrayPart(name, value))]
     raise InputTypeError(
-        f"source {name or ''!s} must be a path, a zarr array or group, or (named, in a dict) a dask, numpy or "
-        f"xarray array; got {type(value).__module__}.{type(value).__qualname__}"
+        f"source {name or ''!s} must be a path, a zarr array or group, an xarray Dataset, or (named, in a dict) a "
+        f"dask, numpy or xarray array; got {type(value).__module__}.{type(value).__qualname__}"
     )
 
 
 def _specs(sources: Any) -> list[tuple[str | None, Any]]:
     """``(name or None, path or object)`` for each source: a path, a list of them, or a dict of named ones."""
-    if isinstance(sources, Mapping):
+    from daskfeed.inputs import is_dataset
+
+    if isinstance(sources, Mapping) and not is_dataset(sources):  # a Dataset maps only its data variables
         bad = [k for k in sources if not isinstance(k, str) or not _NAME.fullmatch(k)]
         if bad:
             raise InputError(f"source name {bad[0]!r} is not an array name; use letters, digits, '_', '.', '-', '/'")
@@ -440,11 +606,11 @@ def _npz(path: str, name: str | None) -> list[tuple[str, _Part]]:
     return [(part.key if name is None else f"{name}/{part.key}", part) for part in parts]
 
 
-def _file_parts(path: str, name: str | None, h5: dict) -> list[tuple[str, _Part]]:
+def _file_parts(path: str, name: str | None, h5: dict, meta: dict) -> list[tuple[str, _Part]]:
     """The named parts of one path that is not a folder of images."""
     lower = path.lower()
     if _is_zarr(path):
-        return _zarr(path, name)
+        return _zarr(path, name, meta)
     if lower.endswith(".npy"):
         return [(name or os.path.splitext(os.path.basename(path))[0], _NpyPart(path))]
     if lower.endswith(".npz"):
@@ -457,11 +623,11 @@ def _file_parts(path: str, name: str | None, h5: dict) -> list[tuple[str, _Part]
     )
 
 
-def _gather(sources: Any, image_size: tuple[int, int] | None, color_mode: str, h5: dict) -> list[_Source]:
+def _gather(sources: Any, image_size: tuple[int, int] | None, color_mode: str, h5: dict, meta: dict) -> list[_Source]:
     by_name: dict[str, _Source] = {}
     folders = 0
     for given, spec in _specs(sources):
-        found = _objects(given, spec)
+        found = _objects(given, spec, meta)
         if found is None:
             name, raw = (given, os.fspath(spec)) if given else _split_name(os.fspath(spec))
             found = []
@@ -480,43 +646,117 @@ def _gather(sources: Any, image_size: tuple[int, int] | None, color_mode: str, h
                             raise InputError(f"array name {src.name!r} is given twice; rename the other with NAME=")
                         by_name[src.name] = src
                 else:
-                    found += _file_parts(path, name, h5)
+                    found += _file_parts(path, name, h5, meta)
         for array_name, part in found:
             by_name.setdefault(array_name, _Source(array_name)).add(part)
-    return _checked(list(by_name.values()))
+    return list(by_name.values())
 
 
-def _checked(arrays: list[_Source]) -> list[_Source]:
-    """The arrays, once they are known to share one length on the sample axis."""
+def _place_dims(arrays: list[_Source]) -> str | None:
+    """Where each array lies when some have xarray's dimension names: which run along the samples and which
+    are kept as they are, each with the dimension names to write. Returns the sample dimension, or None."""
+    from daskfeed.inputs import dataset_roles
+
+    if not any(a.dims for a in arrays):
+        return None
+    described = {a.name: (a.dims, a.shape, a.dtype.itemsize) for a in arrays if a.grouped or a.dims}
+    roles = dataset_roles(described, {a.name for a in arrays if a.coordinate})
+    if roles is None:  # only coordinates have names: no data variable to say where samples run
+        return None
+    for a in arrays:
+        if a.name in roles.misplaced:
+            axis = roles.misplaced[a.name]
+            raise InputError(
+                f"{a.what} has the sample dimension {roles.sample_dim!r} on axis {axis} (dims {a.dims}); ingest "
+                f"needs it first: transpose it (ds[{a.name!r}].transpose({roles.sample_dim!r}, ...)) before ingest"
+            )
+        if a.grouped:
+            a.kept = a.name in roles.kept
+            a.dims = roles.dims[a.name]
+        else:  # given alone: along the samples whatever its first dimension is called
+            rest = (
+                a.dims[1:] if a.dims else tuple(f"{a.name.replace('/', '_')}_dim_{i}" for i in range(1, len(a.shape)))
+            )
+            a.dims = (roles.sample_dim, *rest) if a.shape else ()
+    return roles.sample_dim
+
+
+def _length_hint(arrays: list[_Source], lengths: dict[str, int]) -> str:
+    """How to give arrays of one length: by their paths in a store, or by naming files alike."""
+    by_length: dict[int, int] = {}
+    for a in arrays:
+        by_length[lengths[a.name]] = by_length.get(lengths[a.name], 0) + a.nbytes
+    common = max(by_length, key=lambda n: by_length[n])
+    stored = sorted(
+        (a for a in arrays if lengths[a.name] == common and isinstance(a.parts[0], _ZarrPart)), key=lambda a: a.name
+    )
+    if stored and any(isinstance(a.parts[0], _ZarrPart) for a in arrays if lengths[a.name] != common):
+        paths = " ".join(
+            a.parts[0].path if a.parts[0].path.endswith("/" + a.name) else f"{a.name}={a.parts[0].path}" for a in stored
+        )
+        return (
+            f"Give the arrays of one length by their paths in the store: daskfeed ingest {paths} DEST (from Python, "
+            "a dict of them)"
+        )
+    return "Name files of one array alike (x=a.npy x=b.npy) to put them end to end"
+
+
+def _checked(arrays: list[_Source]) -> tuple[list[_Source], list[_Source], str | None]:
+    """The arrays along the samples, once they are known to share one length, the arrays kept as they are,
+    and the sample dimension (None without xarray's dimension names)."""
     if not arrays:
         raise InputError("no source given; expected .npy / .npz / HDF5 files, zarr stores or a folder of images")
-    lengths = {s.name: s.shape[0] for s in arrays}
+    sample_dim = _place_dims(arrays)
+    for a in arrays:
+        a.check()
+    along = [a for a in arrays if not a.kept]
+    if not along:
+        raise InputError(
+            "no source runs along the samples: every array was kept as it is ("
+            + ", ".join(a.name for a in arrays)
+            + "); give the data variables too"
+        )
+    lengths = {s.name: s.shape[0] for s in along}
     if len(set(lengths.values())) > 1:
         listed = ", ".join(f"{k!r} {v}" for k, v in lengths.items())
         raise InputError(
-            f"every array of a store needs the same number of samples (axis 0); got {listed}. Name files of one "
-            "array alike (x=a.npy x=b.npy) to put them end to end"
+            f"every array of a store needs the same number of samples (axis 0); got {listed}. "
+            + _length_hint(along, lengths)
         )
-    if arrays[0].shape[0] == 0:
+    if along[0].shape[0] == 0:
         raise InputError("the sources hold zero samples")
-    return arrays
+    return along, [a for a in arrays if a.kept], sample_dim
 
 
 class SourceSet(contextlib.AbstractContextManager):
-    """The arrays an ingest writes, gathered from its sources; leaving the ``with`` closes every file."""
+    """The arrays an ingest writes, gathered from its sources; leaving the ``with`` closes every file.
+
+    ``arrays`` run along the samples (rechunked, shuffled together); ``kept`` are written as they are
+    (coordinates and variables of a dataset along other dimensions); ``attrs`` are the attributes of the
+    stores or Datasets given whole; ``sample_dim`` is the dimension samples run along when the sources have
+    xarray's dimension names, and then every array carries its ``dims``.
+    """
 
     def __init__(self, sources: Any, image_size: tuple[int, int] | None, color_mode: str):
         self._stack = contextlib.ExitStack()
         h5: dict[str, Any] = {}
+        meta: dict[str, Any] = {}
         self._stack.callback(lambda: [_quietly(f.close) for f in h5.values()])
         try:
-            self.arrays = _gather(sources, image_size, color_mode, h5)
+            found = _gather(sources, image_size, color_mode, h5, meta)
+            for array in found:
+                for part in array.parts:
+                    self._stack.callback(part.close)
+            self.arrays, self.kept, self.sample_dim = _checked(found)
         except BaseException:
             self._stack.close()
             raise
-        for array in self.arrays:
-            for part in array.parts:
-                self._stack.callback(part.close)
+        self.attrs: dict = meta.get("attrs", {})
+
+    @property
+    def every(self) -> list[_Source]:
+        """Every array written: those along the samples, then those kept as they are."""
+        return self.arrays + self.kept
 
     @property
     def n_samples(self) -> int:
@@ -533,11 +773,20 @@ class SourceSet(contextlib.AbstractContextManager):
 
     @property
     def read_rows(self) -> int:
-        """The most rows any source decodes together (a zarr or dask chunk); 1 for files read by range."""
-        return max(p.read_rows for a in self.arrays for p in a.parts)
+        """The most rows a source not held whole decodes together (a zarr or dask chunk); 1 for files read by
+        range. Reads are cut at its multiples, so that each such chunk is decoded about once."""
+        return max((a.read_rows for a in self.arrays if not a.held), default=1)
+
+    def hold_small(self, memory: int) -> None:
+        """Hold whole, read once, the arrays whose chunks are longer than the heaviest array's and that take
+        under an eighth of ``memory``: labels in one chunk (dask's and xarray's default for a small array) then
+        no longer make every read span the whole store, nor get decoded again for every run of rows."""
+        heavy = max(self.arrays, key=lambda a: a.row_bytes)
+        for a in self.arrays:
+            a.held = a is not heavy and a.read_rows > heavy.read_rows and a.nbytes <= memory // 8
 
     def fingerprint(self) -> dict:
-        return {a.name: [p.fingerprint() for p in a.parts] for a in self.arrays}
+        return {a.name: [p.fingerprint() for p in a.parts] for a in self.every}
 
     def __exit__(self, *exc: object) -> None:
         self._stack.close()

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import collections
+import contextlib
+import difflib
 import math
 import numbers
 import os
 import weakref
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Collection, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 import dask.array as da
@@ -20,12 +22,19 @@ from daskfeed.errors import DaskfeedWarning, InputError, InputTypeError, StoreEr
 __all__ = [
     "DEFAULT_READ_TIMEOUT",
     "TENSOR_KINDS",
+    "ArrayNotFound",
+    "DatasetRoles",
     "Inputs",
     "Leaf",
+    "StoreArrays",
+    "dataset_roles",
+    "dims_of",
+    "missing_path_hint",
     "normalize_inputs",
     "open_zarr",
     "open_zarr_node",
     "store_read_timeout",
+    "store_roles",
     "written_shuffled",
     "zarr_behind",
 ]
@@ -135,9 +144,12 @@ def open_zarr(
 
     Returns
     -------
-    dict of str to dask.array.Array, or dask.array.Array
-        A group gives a dict of its arrays, by name (arrays in sub-groups are named ``"sub/name"``);
-        an array gives one dask array.
+    StoreArrays (a dict of str to dask.array.Array), or dask.array.Array
+        A group gives a dict of its arrays, keyed by their names in the store (arrays in sub-groups are named
+        ``"sub/name"``): a store whose arrays are ``images`` and ``labels`` gives ``arrays["images"]`` and
+        ``arrays["labels"]``, and a name it lacks is a ``KeyError`` that lists the names it has. A store that
+        xarray wrote (``Dataset.to_zarr``) gives its data variables and its coordinates alike, by name. An array
+        gives one dask array.
 
     Raises
     ------
@@ -156,6 +168,10 @@ def open_zarr(
     >>> arrays = daskfeed.open_zarr(root)
     >>> arrays["x"].chunks
     ((4, 4, 2), (3,))
+    >>> arrays["images"]  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    daskfeed.inputs.ArrayNotFound: store memory://... has no array 'images'; its arrays are 'x' ...
     """
     import zarr
 
@@ -164,7 +180,45 @@ def open_zarr(
         _set_read_timeout(store.store, read_timeout)
     if arrays is None:
         return _from_zarr(node)
-    return {name: _from_zarr(arr) for name, arr in arrays.items()}
+    where = os.fspath(store) if isinstance(store, (str, os.PathLike)) else str(node.store_path)
+    return StoreArrays({name: _from_zarr(arr) for name, arr in arrays.items()}, where)
+
+
+class ArrayNotFound(KeyError):
+    """A name that a store (or the dict :func:`open_zarr` gave for it) lacks; the message lists its arrays."""
+
+    def __init__(self, message: str, key: Any = None):
+        super().__init__(message)
+        self.key = key
+
+    def __str__(self) -> str:  # a KeyError would show its message quoted, as a key
+        return str(self.args[0])
+
+
+def _closest(name: str, names: Collection[str]) -> str | None:
+    found = difflib.get_close_matches(name, list(names), n=1, cutoff=0.6)
+    return found[0] if found else None
+
+
+class StoreArrays(dict):
+    """The arrays of a zarr group, as :func:`open_zarr` gives them: a dict keyed by the store's own array names.
+
+    A missing key is a ``KeyError`` that names the store and lists its arrays, instead of a bare ``KeyError: 'x'``.
+    """
+
+    def __init__(self, arrays: Mapping[str, Any], where: str):
+        super().__init__(arrays)
+        self.where = where
+
+    def __missing__(self, key: Any) -> Any:
+        names = ", ".join(repr(k) for k in sorted(self, key=str))
+        close = _closest(key, list(self)) if isinstance(key, str) else None
+        hint = f"; did you mean arrays[{close!r}]?" if close is not None else ""
+        raise ArrayNotFound(
+            f"store {self.where} has no array {key!r}; its arrays are {names} (open_zarr's keys are the store's "
+            f"own array names){hint}",
+            key,
+        )
 
 
 def _with_timeout(location: str, options: dict | None, seconds: float | None) -> dict | None:
@@ -304,7 +358,7 @@ def open_zarr_node(
             )
         location = os.fspath(store)
         if "://" not in location and not os.path.exists(location):
-            raise StoreError(f"store {location!r} does not exist")
+            raise StoreError(f"store {location!r} does not exist{missing_path_hint(location)}")
         if "://" in location:
             _check_protocols(location)
             storage_options = _with_timeout(location, storage_options, read_timeout)
@@ -326,6 +380,29 @@ def open_zarr_node(
     if not arrays:
         raise StoreError(f"zarr group {group.store_path} holds no array")
     return group, arrays
+
+
+def missing_path_hint(location: str) -> str:
+    """For a local path that does not exist inside a zarr store (a misspelt ``train.zarr/image``): the store's
+    arrays and the closest path, as a clause to append to "does not exist"; else ``""``."""
+    path = os.path.normpath(location)
+    parent = os.path.dirname(path)
+    while parent and not os.path.exists(parent) and os.path.dirname(parent) != parent:
+        parent = os.path.dirname(parent)
+    if not parent or not any(os.path.exists(os.path.join(parent, m)) for m in ("zarr.json", ".zgroup")):
+        return ""
+    try:
+        _node, arrays = open_zarr_node(parent)
+    except Exception:  # a store zarr cannot read: no hint, the caller's message stands
+        return ""
+    if not arrays:
+        return ""
+    inner = os.path.relpath(path, parent).replace(os.sep, "/")
+    close = _closest(inner, list(arrays))
+    listed = ", ".join(repr(name) for name in sorted(arrays))
+    store = location[: len(location) - len(inner)].rstrip("/\\") if location.endswith(inner) else parent
+    mean = f" (did you mean {store}/{close}?)" if close is not None else ""
+    return f": {store!r} is a zarr store whose arrays are {listed}{mean}"
 
 
 def _readable_members(group: Any, prefix: str = "") -> dict[str, Any]:
@@ -362,6 +439,151 @@ def written_shuffled(attrs: Mapping) -> bool:
     """Whether zarr attributes carry the mark ``daskfeed ingest --shuffle`` leaves: samples in random order."""
     mark = attrs.get("daskfeed")
     return isinstance(mark, Mapping) and mark.get("shuffled") is True
+
+
+def dims_of(array: Any) -> tuple[str, ...] | None:
+    """The dimension names of a zarr array, as xarray writes them (``dimension_names`` in zarr 3's metadata,
+    the ``_ARRAY_DIMENSIONS`` attribute in zarr 2's), or of an xarray object; None when it has none."""
+    dims = getattr(array, "dims", None)  # xarray
+    if dims is None:
+        metadata = getattr(array, "metadata", None)
+        dims = getattr(metadata, "dimension_names", None)
+        if dims is None:
+            with contextlib.suppress(Exception):
+                dims = array.attrs.get("_ARRAY_DIMENSIONS")
+    if not isinstance(dims, (tuple, list)) or len(dims) != len(array.shape):
+        return None
+    if not all(isinstance(d, str) for d in dims):
+        return None
+    return tuple(dims)
+
+
+def coordinate_names(
+    dims: Mapping[str, tuple[str, ...] | None], attrs: Mapping[str, Mapping], group_attrs: Mapping | None = None
+) -> set[str]:
+    """Which arrays of a store xarray wrote are coordinates: those named after their one dimension (``time``,
+    ``lat``) and those listed in a ``coordinates`` attribute (of a variable or of the group), as xarray does."""
+    found = {name for name, d in dims.items() if d is not None and tuple(d) == (name.rpartition("/")[2],)}
+    for holder in [*attrs.values(), group_attrs or {}]:
+        listed = holder.get("coordinates") if isinstance(holder, Mapping) else None
+        if isinstance(listed, str):
+            found.update(name for name in listed.split() if name in dims)
+    return found
+
+
+@dataclass(frozen=True)
+class DatasetRoles:
+    """What each array of an xarray dataset (or a store ``Dataset.to_zarr`` wrote) is to daskfeed.
+
+    The **sample dimension** is the leading dimension of the data variables that hold the most bytes (``time``
+    for variables ``(time, lat, lon)``). Data variables along it are what a loader reads; coordinates along it
+    (``time``) go with their samples (``daskfeed ingest --shuffle`` shuffles them with the data); coordinates
+    and variables along other dimensions (``lat``, ``lon``) are kept as they are.
+
+    Attributes
+    ----------
+    sample_dim : str
+        The dimension along which samples run.
+    variables : tuple of str
+        Data variables whose first dimension is the sample dimension: a loader's inputs.
+    coords : tuple of str
+        Coordinates whose first dimension is the sample dimension.
+    kept : tuple of str
+        Coordinates and variables along other dimensions.
+    dims : dict of str to tuple of str
+        Every array's dimension names (made up, ``NAME_dim_1``, for arrays that have none).
+    misplaced : dict of str to int
+        Arrays that have the sample dimension on another axis than the first, with that axis.
+    coordinates : tuple of str
+        Every coordinate, along the sample dimension or not.
+    """
+
+    sample_dim: str
+    variables: tuple[str, ...]
+    coords: tuple[str, ...]
+    kept: tuple[str, ...]
+    dims: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    misplaced: dict[str, int] = field(default_factory=dict)
+    #: Every coordinate, along the sample dimension or not.
+    coordinates: tuple[str, ...] = ()
+
+    @property
+    def along(self) -> tuple[str, ...]:
+        """The arrays along the sample dimension: data variables, then coordinates."""
+        return self.variables + self.coords
+
+    def describe(self) -> str:
+        """One line: the sample dimension, and what goes where."""
+        parts = [f"xarray dataset, samples along {self.sample_dim!r}: a loader reads {', '.join(self.variables)}"]
+        if len(self.coords) == 1:
+            parts.append(f"coordinate {self.coords[0]} goes with its samples (ingest --shuffle shuffles it too)")
+        elif self.coords:
+            parts.append(f"coordinates {', '.join(self.coords)} go with their samples (ingest --shuffle shuffles them)")
+        if self.kept:
+            parts.append(f"{', '.join(self.kept)} (along other dimensions) are kept as they are")
+        return "; ".join(parts)
+
+
+def dataset_roles(
+    arrays: Mapping[str, tuple[tuple[str, ...] | None, tuple[int, ...], int]], coordinates: Collection[str]
+) -> DatasetRoles | None:
+    """Sort arrays, ``name -> (dimension names or None, shape, itemsize)``, into a :class:`DatasetRoles`;
+    None when no array has dimension names (not an xarray dataset) or no data variable does."""
+    named = {name: d for name, (d, _shape, _size) in arrays.items() if d}
+    variables = [name for name in named if name not in coordinates]
+    if not variables:
+        return None
+    weight: dict[str, int] = {}
+    for name in variables:
+        dims, shape, itemsize = arrays[name]
+        weight[dims[0]] = weight.get(dims[0], 0) + itemsize * math.prod(shape)
+    sample = max(weight, key=lambda d: weight[d])  # ties: the first data variable's
+    lengths = [arrays[n][1][0] for n in variables if named[n][0] == sample]
+    length = max(set(lengths), key=lengths.count)
+    roles: dict[str, list[str]] = {"variables": [], "coords": [], "kept": []}
+    dims: dict[str, tuple[str, ...]] = {}
+    misplaced: dict[str, int] = {}
+    for name, (d, shape, _size) in arrays.items():
+        along = d[0] == sample if d else bool(shape) and shape[0] == length
+        if d is None and not shape:
+            d = ()
+        elif d is None:
+            safe = name.replace("/", "_")
+            first = [sample] if along else [f"{safe}_dim_0"]
+            d = (*first, *(f"{safe}_dim_{i}" for i in range(1, len(shape))))
+        elif sample in d[1:]:
+            misplaced[name] = d.index(sample)
+        dims[name] = tuple(d)
+        coordinate = name in coordinates
+        roles["kept" if not along else "coords" if coordinate else "variables"].append(name)
+    return DatasetRoles(
+        sample,
+        tuple(roles["variables"]),
+        tuple(roles["coords"]),
+        tuple(roles["kept"]),
+        dims,
+        misplaced,
+        tuple(name for name in arrays if name in coordinates),
+    )
+
+
+def store_roles(arrays: Mapping[str, Any], group_attrs: Mapping | None = None) -> DatasetRoles | None:
+    """:func:`dataset_roles` of the zarr arrays of one group (by name), or None when xarray did not write it."""
+    dims = {name: dims_of(arr) for name, arr in arrays.items()}
+    if not any(dims.values()):
+        return None
+    attrs = {}
+    for name, arr in arrays.items():
+        with contextlib.suppress(Exception):
+            attrs[name] = dict(arr.attrs)
+    coordinates = coordinate_names(dims, attrs, group_attrs)
+    described = {name: (dims[name], tuple(arr.shape), np.dtype(arr.dtype).itemsize) for name, arr in arrays.items()}
+    return dataset_roles(described, coordinates)
+
+
+def is_dataset(value: Any) -> bool:
+    """Whether ``value`` is an ``xarray.Dataset`` (without importing xarray)."""
+    return type(value).__name__ == "Dataset" and hasattr(value, "data_vars") and hasattr(value, "coords")
 
 
 @dataclass(frozen=True, eq=False)
@@ -475,10 +697,29 @@ def rewrite_hint(inputs: Inputs) -> str:
     )
 
 
+def _dataset_error(role: str, ds: Any) -> InputTypeError:
+    """The error for an ``xarray.Dataset`` given as ``x``, ``y`` or ``sample_weight``: which variables to pass."""
+    names = [str(name) for name in ds.data_vars]
+    labels = [n for n in names if n.lower() in ("y", "label", "labels", "target", "targets", "class", "classes")]
+    inputs = [n for n in names if n not in labels]
+    x = inputs[0] if inputs else names[0] if names else "VAR"
+    y = labels[0] if labels else next((n for n in names if n != x), None)
+    example = f'x=ds["{x}"]' + (f', y=ds["{y}"]' if y is not None else "")
+    several = f'x={{"{x}": ds["{x}"], ...}}'
+    listed = ", ".join(repr(n) for n in names) or "none"
+    return InputTypeError(
+        f"{role} is an xarray.Dataset (data variables {listed}); daskfeed takes arrays, so that a label variable "
+        f"never becomes a model input by accident: pass the variables you mean, as DataArrays: {example} (a dict "
+        f"for several inputs: {several})"
+    )
+
+
 def _to_array(value: Any, name: str) -> Any:
     """A dask array or a numpy array, from what users pass."""
     import zarr
 
+    if is_dataset(value):
+        raise _dataset_error(name, value)
     if isinstance(value, da.Array):
         return value
     if isinstance(value, zarr.Array):
@@ -525,6 +766,8 @@ def normalize_inputs(x: Any, y: Any = None, sample_weight: Any = None) -> Inputs
     for role, value in (("x", x), ("y", y), ("sample_weight", sample_weight)):
         if value is None:
             continue
+        if is_dataset(value):  # a Mapping of its data variables, labels too: refused, with what to pass
+            raise _dataset_error(role, value)
         if isinstance(value, Mapping):
             if not value:
                 raise InputError(f"{role} is an empty dict; expected at least one array")

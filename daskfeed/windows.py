@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from daskfeed import heap
+from daskfeed._progress import first_decode
 from daskfeed.inputs import Inputs, zarr_behind
 from daskfeed.integrity import StoreWatch
 from daskfeed.layout import Layout
@@ -194,7 +195,9 @@ class WindowMaker:
             ]
             if self._windowed:
                 jobs += self._windowed_jobs()
-            decoded = read_blocks(jobs, self.scheduler)
+            # Data that fits the budget is all decoded before the first batch: say so when that takes a while.
+            with first_decode(sum(job.buffer.nbytes for job in jobs) if self.layout.resident else 0):
+                decoded = read_blocks(jobs, self.scheduler)
 
         self._once.run(load)
         return decoded

@@ -133,7 +133,7 @@ def test_bench_command(tmp_path, capsys):
         (["info", "{tmp}/nowhere.zarr"], "store '{tmp}/nowhere.zarr' does not exist"),
         (["info", "{tmp}/x.npy"], "is not a zarr store"),
         (["bench", "{tmp}/exists.zarr", "--arrays", "nope"], "has no array 'nope'"),
-        (["bench", "{tmp}/exists.zarr", "--step-ms", "-1"], "step_ms must be a positive number"),
+        (["bench", "{tmp}/exists.zarr", "--step-ms", "-1"], "--step-ms must be a positive number"),
         (["bench", "{tmp}/exists.zarr", "--reads-per-chunk", "many"], "--reads-per-chunk must be 'auto' or an int"),
     ],
 )
