@@ -11,11 +11,10 @@ from typing import Any
 import numpy as np
 from dask.utils import format_bytes
 
-from daskfeed.errors import DaskfeedError
 from daskfeed.inputs import TENSOR_KINDS, DatasetRoles, open_zarr_node, rewrite_command, store_roles, written_shuffled
 from daskfeed.integrity import damage, find_missing
-from daskfeed.layout import ArraySpec, Layout, choose_layout, decode_limit
-from daskfeed.loader import WARN_AMPLIFICATION
+from daskfeed.layout import WARN_AMPLIFICATION, ArraySpec, Layout, choose_layout, decode_limit
+from daskfeed.mixing import LABEL_WHOLE_BYTES, label_grouping, looks_like_labels, read_cost, sampled_units
 from daskfeed.options import DEFAULT_MEMORY_BUDGET, LoaderOptions, parse_bytes
 from daskfeed.prefetch import DEFAULT_CONCURRENCY, usable_cores
 
@@ -23,12 +22,10 @@ __all__ = ["ArrayInfo", "StoreInfo", "info"]
 
 #: Below this many decoded bytes a chunk costs more in per-read overhead than in decoding.
 SMALL_CHUNK_BYTES = 256 * 2**10
-#: A label array whose chunks differ from the whole by this much (mean total variation distance) is sorted.
+#: Labels grouped more than this (:func:`daskfeed.mixing.grouping`) look sorted: info warns. Between
+#: :data:`daskfeed.mixing.MIXED_GROUPING` and it, labels are neither mixed enough for one read per chunk nor
+#: worth a warning of their own.
 SORTED_DISTANCE = 0.3
-#: Chunks read to check the labels, spread evenly over the sample axis.
-LABEL_CHUNKS = 64
-#: A label array up to this size is read whole for the check (one chunk, as dask and xarray write small ones).
-LABEL_WHOLE_BYTES = 64 * 2**20
 
 
 @dataclass(frozen=True)
@@ -142,87 +139,37 @@ def _codecs(array: Any) -> str:
     return "+".join(names) or "none"
 
 
-def _label_distance(array: Any, chunk: int) -> float | None:
-    """How much more each sampled chunk's class mix differs from the whole than in a random order.
-
-    ``chunk`` is the length of the loader's read units (the chunks of the array it reads by), which may differ
-    from the label array's own chunks: labels in one chunk (dask's and xarray's default for a small array) are
-    checked at the read units all the same. The mean total variation distance between each sampled unit's class
-    histogram and the overall one, less what the same labels in a random order give, scaled so that 0 is a
-    random order and 1 is units of one class each. None when the array does not look like class labels (too
-    many distinct values) or there is one unit.
-    """
-    n = array.shape[0]
-    n_chunks = math.ceil(n / chunk)
-    picks = np.unique(np.linspace(0, n_chunks - 1, min(LABEL_CHUNKS, n_chunks)).astype(int))
-    if len(picks) < 2:
-        return None  # one unit: nothing to compare, and a window holds it whole
-    read = _label_reader(array)
-    parts = []
-    for c in picks:
-        start = int(c) * chunk
-        parts.append(read(start, min(n, start + min(chunk, 10_000))))
-    every = np.concatenate(parts)
-    classes, codes = np.unique(every, return_inverse=True)
-    if len(classes) < 2 or len(classes) > 1000 or len(classes) > every.size / 4:
-        return None
-    sizes = [values.size for values in parts]
-
-    def distance(labels: np.ndarray) -> float:
-        overall = np.bincount(labels, minlength=len(classes)) / labels.size
-        out, offset = [], 0
-        for size in sizes:
-            hist = np.bincount(labels[offset : offset + size], minlength=len(classes)) / size
-            out.append(0.5 * np.abs(hist - overall).sum())
-            offset += size
-        return float(np.mean(out))
-
-    # Chunks of a randomly ordered store differ from the whole too, by sampling noise; count only the excess.
-    # Chunks of one class each are as far from the whole as chunks can be: on average 1 - sum(p^2).
-    noise = distance(np.random.default_rng(0).permutation(codes))
-    p = np.bincount(codes) / codes.size
-    pure = 1.0 - float((p**2).sum())
-    return float(np.clip((distance(codes) - noise) / max(pure - noise, 1e-9), 0.0, 1.0))
-
-
-def _label_reader(array: Any) -> Any:
-    """``read(start, stop)`` of a label array, flat, decoding each of its own chunks at most once in a row of
-    calls (a small array is read whole, once)."""
-    n = int(array.shape[0])
-    if array.nbytes <= LABEL_WHOLE_BYTES:
-        values = np.asarray(array[:]).reshape(n, -1)[:, 0]
-        return lambda start, stop: values[start:stop]
-    own = max(1, int(array.chunks[0]))
-    last: dict[int, np.ndarray] = {}
-
-    def read(start: int, stop: int) -> np.ndarray:
-        out = []
-        for c in range(start // own, (stop - 1) // own + 1):
-            if c not in last:
-                last.clear()
-                last[c] = np.asarray(array[c * own : min(n, (c + 1) * own)]).reshape(-1)
-            lo, hi = max(start, c * own) - c * own, min(stop, (c + 1) * own) - c * own
-            out.append(last[c][lo:hi])
-        return np.concatenate(out)
-
-    return read
-
-
-def _loader_layout(row: list[tuple[str, Any]], batch_size: int, budget: int) -> tuple[Layout, str]:
-    """The layout a loader over ``row`` would choose (the loader's own code), and what it would cost here."""
+def _loader_layout(
+    row: list[tuple[str, Any]], batch_size: int, budget: int, attrs: dict
+) -> tuple[Layout, str, dict[str, float], list[str]]:
+    """The layout a loader over ``row`` would choose (the loader's own code, the labels' grouping measured as a
+    loader measures it), what it would cost here, and the grouping of each array that looks like class labels
+    with the warnings about it."""
     specs = [
         ArraySpec(name, np.dtype(arr.dtype).itemsize * math.prod(arr.shape[1:]), _bounds(arr)) for name, arr in row
     ]
     mixed = all(written_shuffled(arr.attrs) for _, arr in row)
     options = LoaderOptions(batch_size=batch_size, memory_budget=budget, seed=0)
-    layout = choose_layout(specs, row[0][1].shape[0], options, mixed=mixed)
+    n = row[0][1].shape[0]
+    layout = choose_layout(specs, n, options, mixed=mixed)
+    mixing, sorted_warnings = _label_mixing(row, attrs, layout)
+    arrays = dict(row)
+    ranges = sampled_units(layout.chunk_bounds)
+    # What a loader that takes these arrays as its labels measures: each within the cost it allows, or none.
+    within = all(read_cost(arrays[name], ranges) <= LABEL_WHOLE_BYTES for name in mixing)
+    layout = choose_layout(specs, n, options, mixed=mixed, labels=lambda _bounds: mixing if within else {})
+    return layout, _cost(row, specs, layout), mixing, sorted_warnings
+
+
+def _cost(row: list[tuple[str, Any]], specs: list[ArraySpec], layout: Layout) -> str:
+    """What ``layout`` costs here, timed on one chunk read."""
     unit = dict(row)[layout.unit_array]
     rows = min(int(unit.chunks[0]), unit.shape[0])
     started = time.perf_counter()
     try:
         unit[0:rows]  # one chunk, to time decoding here
     except Exception as err:
-        return layout, f"not timed: chunk 0 of {layout.unit_array!r} could not be read ({type(err).__name__}: {err})"
+        return f"not timed: chunk 0 of {layout.unit_array!r} could not be read ({type(err).__name__}: {err})"
     rate = rows * next(a.bytes_per_sample for a in specs if a.name == layout.unit_array)
     rate /= max(time.perf_counter() - started, 1e-6)
     if layout.resident:
@@ -233,7 +180,7 @@ def _loader_layout(row: list[tuple[str, Any]], batch_size: int, budget: int) -> 
         first = min(layout.decoded_per_epoch, layout.window_samples * layout.reads_per_chunk * windowed)
         first += layout.held_bytes
         epoch = f"an epoch decodes {format_bytes(layout.decoded_per_epoch)} (~{layout.decoded_per_epoch / rate:.1f}s)"
-    return layout, f"first batch in ~{first / rate:.1f}s, {epoch}, at {rate / 1e6:,.0f} MB/s (one chunk read here)"
+    return f"first batch in ~{first / rate:.1f}s, {epoch}, at {rate / 1e6:,.0f} MB/s (one chunk read here)"
 
 
 def _bounds(arr: Any) -> np.ndarray:
@@ -363,9 +310,8 @@ def info(
         row = [(name, arr) for name, arr in numeric if arr.shape and arr.shape[0] == length]
     if not row:
         return StoreInfo(where, arrays, attrs, warnings, missing=missing, dataset=dataset)
-    layout, estimate = _loader_layout(row, batch_size, budget)
-    mixing, sorted_warnings = _label_mixing(row, attrs, layout)
-    warnings += _layout_warnings(row, layout, batch_size, budget, where, mixing, roles)
+    layout, estimate, mixing, sorted_warnings = _loader_layout(row, batch_size, budget, attrs)
+    warnings += _layout_warnings(row, layout, batch_size, budget, where, roles)
     return StoreInfo(
         where,
         arrays,
@@ -449,11 +395,10 @@ def _layout_warnings(
     batch_size: int,
     budget: int,
     where: str,
-    mixing: dict[str, float],
     roles: DatasetRoles | None,
 ) -> list:
     """Chunks shorter than a batch or too small to be worth a read, and a layout that decodes too much (whose
-    fix is ``reads_per_chunk=1`` where the labels are mixed already, else a rewrite)."""
+    fix is a rewrite in random order, unless the labels are mixed already: then more budget or smaller chunks)."""
     warnings = []
     chunk_len = min(int(arr.chunks[0]) for _, arr in row)  # the shortest read
     chunk_bytes = chunk_len * sum(np.dtype(arr.dtype).itemsize * math.prod(arr.shape[1:]) for _, arr in row)
@@ -476,42 +421,25 @@ def _layout_warnings(
             f"at memory_budget={format_bytes(budget)} the loader decodes {layout.amplification:.1f}x the data it "
             f"serves every epoch ({layout.reason})."
         )
-        mixed = bool(mixing) and all(d <= SORTED_DISTANCE for d in mixing.values())
-        once = _one_read_layout(row, batch_size, budget) if mixed else None
-        if once is not None:
-            grouping = ", ".join(f"{name!r} {d:.2f}" for name, d in mixing.items())
+        if layout.labels_mixed:  # mixed already: the reads are what holding a chunk in a window takes
+            grouping = ", ".join(f"{name!r} {d:.2f}" for name, d in layout.label_grouping.items())
             warnings.append(
-                f"{said} It reads each chunk several times to mix a store whose order it cannot know, but the "
-                f"labels are mixed already (grouping {grouping}; 0 is a random order), so one read per chunk "
-                f"mixes as well: pass reads_per_chunk=1 to the loader (daskfeed.as_sequence(..., "
-                f"reads_per_chunk=1)), which decodes {once.amplification:.2f}x; no rewrite needed"
+                f"{said} The labels are mixed already (grouping {grouping}; 0 is a random order), so no rewrite "
+                "in random order is needed: a larger memory_budget, or smaller chunks, let it read each chunk once"
             )
         else:
             warnings.append(f"{said} {_rewrite(row, where, roles)}")
     return warnings
 
 
-def _one_read_layout(row: list[tuple[str, Any]], batch_size: int, budget: int) -> Layout | None:
-    """The layout of a loader with ``reads_per_chunk=1`` on ``row``, or None when the budget cannot hold it."""
-    specs = [
-        ArraySpec(name, np.dtype(arr.dtype).itemsize * math.prod(arr.shape[1:]), _bounds(arr)) for name, arr in row
-    ]
-    options = LoaderOptions(batch_size=batch_size, memory_budget=budget, seed=0, reads_per_chunk=1)
-    try:
-        return choose_layout(specs, row[0][1].shape[0], options)
-    except DaskfeedError:  # a chunk larger than a window: one read cannot serve it
-        return None
-
-
 def _label_mixing(row: list[tuple[str, Any]], attrs: dict, layout: Layout) -> tuple[dict[str, float], list[str]]:
     """The grouping of each array that looks like class labels, and a warning where a loader would see it."""
     mixing, warnings = {}, []
-    unit = dict(row)[layout.unit_array] if layout.unit_array in dict(row) else row[0][1]
     for name, arr in row:
-        if arr.dtype.kind not in "biu" or (arr.ndim > 1 and math.prod(arr.shape[1:]) != 1):
+        if not looks_like_labels(arr.dtype, arr.shape[1:]):
             continue
         try:
-            distance = _label_distance(arr, min(int(unit.chunks[0]), int(unit.shape[0])))
+            distance = label_grouping(arr, layout.chunk_bounds)
         except Exception as err:  # a damaged chunk: report it, and go on describing the store
             warnings.append(f"{name!r}: a chunk could not be read ({type(err).__name__}: {err}); the store is damaged")
             continue

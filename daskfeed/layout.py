@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 from dask.utils import format_bytes
 
 from daskfeed.errors import MemoryBudgetError
+from daskfeed.mixing import MIXED_GROUPING
 from daskfeed.options import LoaderOptions
 from daskfeed.plan import PlanConfig, shard_chunks
 from daskfeed.samples import Geometry, RowMap, SampleUnits
@@ -23,6 +25,7 @@ __all__ = [
     "MEMORY_CHUNK_BYTES",
     "MIX_TARGET",
     "SLOTS",
+    "WARN_AMPLIFICATION",
     "ArraySpec",
     "DecodeLimit",
     "Layout",
@@ -49,6 +52,9 @@ INDEX_BYTES = np.dtype(np.intp).itemsize
 DECODE_SHARE = 0.25
 #: A chunk being decoded holds its decoded bytes and, until then, its stored bytes: at most about twice.
 DECODE_COPIES = 2
+_WRITTEN_SHUFFLED = "the store was written in random order (daskfeed ingest --shuffle): one read mixes"
+#: Above this decode amplification a loader warns (and ``daskfeed info`` too), saying what fixes it.
+WARN_AMPLIFICATION = 2.0
 
 
 @dataclass(frozen=True, eq=False)
@@ -106,6 +112,15 @@ class Layout:
     heads_bytes: int = 0
     #: Raw rows a window holds at most (samples cut by ``window=``).
     window_rows: int = 0
+    #: The grouping of the labels (:func:`daskfeed.mixing.label_grouping`, by name) that ``reads_per_chunk="auto"``
+    #: measured at the read units to decide; empty when it did not need to (or could not) measure.
+    label_grouping: Mapping[str, float] = field(default_factory=dict)
+
+    @property
+    def labels_mixed(self) -> bool:
+        """Whether labels were measured and all are mixed already (grouping at most
+        :data:`daskfeed.mixing.MIXED_GROUPING`)."""
+        return bool(self.label_grouping) and max(self.label_grouping.values()) <= MIXED_GROUPING
 
     @property
     def n_units(self) -> int:
@@ -219,8 +234,9 @@ def choose_layout(
     n_samples: int,
     options: LoaderOptions,
     *,
-    mixed: bool = False,
+    mixed: bool | str = False,
     geometry: Geometry | None = None,
+    labels: Callable[[np.ndarray], Mapping[str, float]] | None = None,
 ) -> Layout:
     """Decide how to read ``arrays`` within ``options.memory_budget``.
 
@@ -242,12 +258,32 @@ def choose_layout(
     if geometry is not None:
         return _choose_samples(setting, geometry, options, mixed)
     layout = _decide(setting, options, options.memory_budget, mixed)
-    if layout is not None:
+    if layout is None:
+        raise _too_small(setting, options, mixed)
+    if labels is not None and not mixed and options.reads_per_chunk == "auto" and options.shuffle:
+        return _measured(setting, options, layout, labels)
+    return layout
+
+
+def _measured(s: _Setting, options: LoaderOptions, layout: Layout, labels: Callable) -> Layout:
+    """``layout``, or the layout of a store in random order when the labels are mixed already; with the grouping
+    measured, when it was worth measuring (streaming that reads chunks more than once to mix, or decodes much)."""
+    if layout.resident:
         return layout
-    raise _too_small(setting, options, mixed)
+    once = _decide(s, options, options.memory_budget, True)
+    if once is None or (once.reads_per_chunk >= layout.reads_per_chunk and layout.amplification <= WARN_AMPLIFICATION):
+        return layout  # nothing the labels could change, or say
+    measured = dict(labels(layout.chunk_bounds))
+    if not measured:
+        return layout
+    if max(measured.values()) > MIXED_GROUPING:
+        return dataclasses.replace(layout, label_grouping=measured)
+    said = ", ".join(f"{name} {value:.2f}" for name, value in measured.items())
+    why = f"the labels are mixed already (grouping {said}; 0 is a random order): one read mixes"
+    return dataclasses.replace(_decide(s, options, options.memory_budget, why), label_grouping=measured)
 
 
-def _decide(s: _Setting, options: LoaderOptions, budget: int, mixed: bool) -> Layout | None:
+def _decide(s: _Setting, options: LoaderOptions, budget: int, mixed: bool | str) -> Layout | None:
     held: list[ArraySpec] = []
     for spec in s.others:  # smallest first, while they stay a small share of the budget together
         if sum(a.nbytes for a in held) + spec.nbytes > HELD_FRACTION * budget:
@@ -298,7 +334,7 @@ def _window_bytes(s: _Setting, options: LoaderOptions, windowed, held) -> int:
     return max(1, sum(a.bytes_per_sample for a in windowed) + index)
 
 
-def _streaming(s: _Setting, options: LoaderOptions, budget: int, held, mixed: bool) -> Layout | None:
+def _streaming(s: _Setting, options: LoaderOptions, budget: int, held, mixed: bool | str) -> Layout | None:
     windowed = [a for a in s.arrays if a.bounds is not None and a not in held]
     cap = (budget - sum(a.nbytes for a in held)) // (SLOTS * _window_bytes(s, options, windowed, held))
     reads, reason = _reads(s, options, cap, mixed)
@@ -317,7 +353,7 @@ def _streaming(s: _Setting, options: LoaderOptions, budget: int, held, mixed: bo
     )
 
 
-def _reads(s: _Setting, options: LoaderOptions, cap: int, mixed: bool) -> tuple[int | None, str]:
+def _reads(s: _Setting, options: LoaderOptions, cap: int, mixed: bool | str) -> tuple[int | None, str]:
     """Reads per chunk for windows of ``cap`` samples, or None when a window cannot hold a read unit."""
 
     def fits(reads: int) -> bool:
@@ -334,7 +370,7 @@ def _reads(s: _Setting, options: LoaderOptions, cap: int, mixed: bool) -> tuple[
         return None, ""
     forced = f"a read unit of {s.max_len} samples is larger than a window of {cap}" if fitting > 1 else ""
     if mixed:
-        return fitting, forced or "the store was written in random order (daskfeed ingest --shuffle): one read mixes"
+        return fitting, forced or (mixed if isinstance(mixed, str) else _WRITTEN_SHUFFLED)
     # Mixing comes from how many places of the array a window draws from: aim for MIX_TARGET of them, or
     # every read unit when there are fewer; more reads than that decode more without mixing more.
     per_window = cap / float(s.lengths.mean())
@@ -348,7 +384,7 @@ def _reads(s: _Setting, options: LoaderOptions, cap: int, mixed: bool) -> tuple[
     )
 
 
-def _too_small(s: _Setting, options: LoaderOptions, mixed: bool) -> MemoryBudgetError:
+def _too_small(s: _Setting, options: LoaderOptions, mixed: bool | str) -> MemoryBudgetError:
     budget = options.memory_budget
     reads = MAX_AUTO_READS if options.reads_per_chunk == "auto" and options.shuffle else options.reads_per_chunk
     reads = max(1, min(1 if reads == "auto" else int(reads), s.max_len))
@@ -522,7 +558,7 @@ def _reads_samples(ss: _Samples, options: LoaderOptions, cap: int, mixed: bool) 
     if fitting > 1:
         forced = f"the rows of a read unit ({int(ss.rows_held(1).max())}) do not fit a window of {cap}"
     if mixed:
-        return fitting, forced or "the store was written in random order (daskfeed ingest --shuffle): one read mixes"
+        return fitting, forced or _WRITTEN_SHUFFLED
     # A read that keeps 1/r of a unit's samples holds only the rows they span: with windows that overlap, nearly
     # all of them, so more reads would decode more without mixing more. Take the fewest reads that reach the
     # most places a window can draw from (up to MIX_TARGET).

@@ -19,7 +19,8 @@ from daskfeed.errors import DaskfeedError, InputError, InputTypeError, LayoutWar
 from daskfeed.inputs import Inputs, normalize_inputs, rewrite_hint, zarr_behind
 from daskfeed.integrity import StoreWatch, check_missing
 from daskfeed.interrupts import Interrupts
-from daskfeed.layout import DecodeLimit, Layout, choose_layout, decode_limit
+from daskfeed.layout import WARN_AMPLIFICATION, DecodeLimit, Layout, choose_layout, decode_limit
+from daskfeed.mixing import LABEL_WHOLE_BYTES, label_grouping, looks_like_labels
 from daskfeed.options import LoaderOptions, check_int, check_shared_seed, parse_loader_options
 from daskfeed.parts import Part, Subset
 from daskfeed.plan import EpochPlan, PlanConfig
@@ -43,8 +44,6 @@ def _after_fork_in_child() -> None:
 
 if hasattr(os, "register_at_fork"):  # not on Windows, which does not fork
     os.register_at_fork(after_in_child=_after_fork_in_child)
-#: Above this decode amplification the loader warns, with the command that rewrites the store.
-WARN_AMPLIFICATION = 2.0
 
 
 class _Runtime:
@@ -133,7 +132,12 @@ class Loader:
         #: What a sample is when ``window=`` cuts samples out of rows; None for one sample per row.
         self.geometry = sample_geometry(self.inputs, self.options.window, self.options.stride)
         self.layout: Layout = choose_layout(
-            self.inputs.leaves, self.inputs.n_samples, self.options, mixed=mixed, geometry=self.geometry
+            self.inputs.leaves,
+            self.inputs.n_samples,
+            self.options,
+            mixed=mixed,
+            geometry=self.geometry,
+            labels=_labels(self.inputs),
         )
         self.config: PlanConfig = self.layout.plan_config(self.options, self.subset)
         check_shared_seed(self.options)  # after the layout: a shard count above the read units is named first
@@ -173,7 +177,7 @@ class Loader:
         if self.layout.amplification > WARN_AMPLIFICATION and self.options.reads_per_chunk == "auto":
             warn(
                 f"this layout decodes {self.layout.amplification:.1f}x the data it serves every epoch "
-                f"({self.layout.describe()}; {self.layout.reason}). {rewrite_hint(self.inputs)}",
+                f"({self.layout.describe()}; {self.layout.reason}). {self._advice()}",
                 LayoutWarning,
             )
 
@@ -437,6 +441,25 @@ class Loader:
 
     # -- machinery ------------------------------------------------------------------------------------
 
+    def _advice(self) -> str:
+        """What fixes a layout that decodes too much: a rewrite in random order, unless the labels are mixed
+        already; then the reads are only those a window needs to hold a read unit (more budget, or smaller
+        chunks, make them one)."""
+        layout = self.layout
+        if not layout.labels_mixed:
+            return rewrite_hint(self.inputs)
+        grouping = ", ".join(f"{name} {value:.2f}" for name, value in layout.label_grouping.items())
+        longest = int(np.diff(layout.chunk_bounds)[layout.shard_chunks].max())
+        need = layout.held_bytes + (self.memory_budget - layout.held_bytes) * (longest + self.batch_size)
+        need = -(-need // max(1, layout.window_samples))
+        unit = next(u for u in (2**40, 2**30, 2**20, 2**10, 1) if need >= 0.9 * u or u == 1)
+        need = -(-need // unit) * unit  # a whole kiB, MiB, ...: the size said is the size that works
+        return (
+            f"The labels are mixed already (grouping {grouping}; 0 is a random order), so no rewrite in random "
+            f"order is needed: the reads are those a window needs to hold a chunk of {longest} samples. A "
+            f"memory_budget of {_format(need)} or more reads each chunk once; or store smaller chunks."
+        )
+
     def _live(self) -> _Runtime:
         if self._closed:
             raise DaskfeedError("this loader is closed; make a new one to read more batches")
@@ -454,6 +477,34 @@ class Loader:
         runtime = self._runtime
         if runtime is not None:
             runtime.cache.forget_epoch(epoch)
+
+
+def _labels(inputs: Inputs) -> Callable[[np.ndarray], dict[str, float]] | None:
+    """How ``reads_per_chunk="auto"`` measures the labels' grouping at the read units: every ``y`` leaf, when
+    each holds one integer or bool per sample and is in memory or read straight from zarr within
+    :data:`daskfeed.mixing.LABEL_WHOLE_BYTES` (the measure reads a label array that size whole, or up to 64 of
+    its chunks). None when there is no ``y`` or a target that is not class labels (a regression's floats):
+    the layout then trusts only the store's ``daskfeed ingest --shuffle`` mark."""
+    targets = [leaf for leaf in inputs.leaves if leaf.role == "y"]
+    if not targets or not all(looks_like_labels(leaf.dtype, leaf.sample_shape) for leaf in targets):
+        return None
+    arrays = {leaf.name: zarr_behind(leaf.array) if leaf.lazy else leaf.array for leaf in targets}
+    if any(array is None for array in arrays.values()):  # a dask computation: reading it may cost anything
+        return None
+
+    def measure(bounds: np.ndarray) -> dict[str, float]:
+        found = {}
+        for name, array in arrays.items():
+            try:
+                value = label_grouping(array, bounds, max_bytes=LABEL_WHOLE_BYTES)
+            except Exception:  # a damaged store: the first window that reads it names the chunk
+                return {}
+            if value is None:  # not class labels after all (too many values), or too costly to read
+                return {}
+            found[name] = value
+        return found
+
+    return measure
 
 
 def _shut(cache: WindowCache, scheduler: Scheduler, ahead: Ahead) -> None:

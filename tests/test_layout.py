@@ -9,6 +9,7 @@ from hypothesis import strategies as st
 
 from daskfeed import LoaderOptions, MemoryBudgetError
 from daskfeed.layout import HELD_FRACTION, MAX_AUTO_READS, SLOTS, ArraySpec, choose_layout
+from daskfeed.mixing import MIXED_GROUPING
 
 
 def chunked(name, bytes_per_sample, n, chunk):
@@ -42,8 +43,10 @@ def test_no_layout_has_fewer_units_than_the_heaviest_array_has_chunks(n, arrays,
     specs = [chunked(f"a{i}", size, n, chunk) for i, (size, chunk) in enumerate(arrays)]
     try:
         chosen = layout(specs, n, memory_budget=budget, batch_size=batch_size)
-    except MemoryBudgetError:
-        return
+    except MemoryBudgetError as err:  # the budget it names works, and its layout holds the same invariants
+        assert err.smallest is not None and err.smallest > budget
+        budget = err.smallest
+        chosen = layout(specs, n, memory_budget=budget, batch_size=batch_size)
     heaviest = max(specs, key=lambda a: a.nbytes)
     assert chosen.n_units == len(heaviest.bounds) - 1
     assert chosen.held_bytes <= budget
@@ -93,6 +96,44 @@ def test_auto_reads_more_only_when_a_window_holds_few_chunks():
     assert (
         choose_layout([x], n, LoaderOptions(seed=0, memory_budget=SLOTS * 18 * 2000), mixed=True).reads_per_chunk == 1
     )
+
+
+def test_auto_measures_labels_only_where_they_could_change_its_reads():
+    """``labels`` is called at most once, with the read units' bounds, and only when streaming would read
+    chunks more than once to mix them (or decode much more than it serves)."""
+    n = 100 * 1000
+    x = chunked("x", 10, n, 1000)
+    calls = []
+
+    def labels(grouping):
+        def measure(bounds):
+            calls.append(bounds)
+            return {"y": grouping}
+
+        return measure
+
+    small = SLOTS * 18 * 2000  # 2 chunks a window: auto reads 16x on a store it knows nothing of
+    mixed = choose_layout([x], n, LoaderOptions(seed=0, memory_budget=small), labels=labels(0.01))
+    assert mixed.reads_per_chunk == 1 and mixed.labels_mixed and mixed.label_grouping == {"y": 0.01}
+    assert "labels are mixed already (grouping y 0.01" in mixed.reason
+    assert len(calls) == 1 and np.array_equal(calls[0], x.bounds)
+    grouped = choose_layout([x], n, LoaderOptions(seed=0, memory_budget=small), labels=labels(MIXED_GROUPING + 0.01))
+    assert grouped.reads_per_chunk == 16 and not grouped.labels_mixed and grouped.label_grouping
+    # Nothing to decide: data that fits, a store written shuffled, reads given, no shuffle, one read anyway.
+    calls.clear()
+    for options, mixed_mark in [
+        (LoaderOptions(seed=0), False),
+        (LoaderOptions(seed=0, memory_budget=small), True),
+        (LoaderOptions(seed=0, memory_budget=small, reads_per_chunk=4), False),
+        (LoaderOptions(seed=0, memory_budget=small, shuffle=False), False),
+        (LoaderOptions(seed=0, memory_budget=SLOTS * 18 * 40_000), False),
+    ]:
+        chosen = choose_layout([x], n, options, mixed=mixed_mark, labels=labels(0.0))
+        assert chosen.label_grouping == {}
+    assert calls == []
+    # Nothing measured (no class labels): as without labels.
+    unmeasured = choose_layout([x], n, LoaderOptions(seed=0, memory_budget=small), labels=lambda bounds: {})
+    assert unmeasured.reads_per_chunk == 16 and unmeasured.label_grouping == {}
 
 
 def test_auto_never_reads_more_than_a_window_needs_to_reach_every_chunk():

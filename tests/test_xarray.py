@@ -202,28 +202,24 @@ def test_info_warns_about_sorted_labels_held_in_one_chunk(tmp_path, capsys):
     assert "daskfeed ingest" in out and "--shuffle" in out
 
 
-def test_info_on_a_store_in_random_order_suggests_reads_per_chunk_1_not_a_rewrite(tmp_path, capsys):
+def test_info_and_the_loader_read_a_store_in_random_order_once_per_chunk(tmp_path, capsys):
+    """Labels in one chunk, in random order: info measures them mixed at the loader's read units, and the
+    loader's reads_per_chunk="auto" takes one read per chunk on the same measure: no warning, no rewrite."""
     order = np.random.default_rng(0).permutation(2000)
     path = _chunked_store(tmp_path, "mixed.zarr", order=order)
     code, out, _ = run(capsys, "info", path, "--memory-budget", "1MB")
     assert code == 0
     assert "labels 'labels': grouping 0.00" in out
-    assert "look sorted" not in out
-    warning = next(line for line in out.splitlines() if "the data it serves every epoch" in line)
-    assert "the labels are mixed already (grouping 'labels' 0.00; 0 is a random order)" in warning
-    assert "pass reads_per_chunk=1 to the loader (daskfeed.as_sequence(..., reads_per_chunk=1))" in warning
-    assert "no rewrite needed" in warning and "daskfeed ingest" not in warning
-    # and the advice holds: with it, each chunk of images is decoded once per epoch
+    assert "look sorted" not in out and "the data it serves" not in out
+    assert "labels held whole; reads_per_chunk=1," in out
     arrays = daskfeed.open_zarr(path)
-    with pytest.warns(daskfeed.LayoutWarning, match="decodes"):  # the default reads each chunk several times
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", daskfeed.LayoutWarning)
         auto = daskfeed.Loader(arrays["images"], arrays["labels"], batch_size=32, memory_budget="1MB", seed=0)
     with auto:
-        assert auto.reads_per_chunk > 1
-    with daskfeed.Loader(
-        arrays["images"], arrays["labels"], batch_size=32, memory_budget="1MB", seed=0, reads_per_chunk=1
-    ) as once:
-        assert once.layout.amplification <= 1.05
-        assert sum(len(y) for _x, y in once) == 2000
+        assert auto.reads_per_chunk == 1 and auto.layout.amplification <= 1.05
+        assert auto.layout.label_grouping["y"] < 0.05 and "labels are mixed already" in auto.layout.reason
+        assert sum(len(y) for _x, y in auto) == 2000
 
 
 def test_a_coordinate_along_time_that_is_not_its_index_goes_with_its_samples(tmp_path):
@@ -248,6 +244,8 @@ def test_a_coordinate_ingest_cannot_write_is_refused_with_the_way_round(tmp_path
     assert "ds.drop_vars('station')" in message
 
 
+@pytest.mark.slow
+@pytest.mark.tf
 def test_the_readme_quickstart_trains_on_an_ingested_xarray_store(coords_store, tmp_path, capsys):
     keras = pytest.importorskip("keras")
     pytest.importorskip("tensorflow")
