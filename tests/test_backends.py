@@ -155,7 +155,11 @@ BACKENDS = [
 ]
 CONFIGS = ["workers=1", "workers=2", "multiprocessing"]
 
-pytestmark = pytest.mark.skipif(importlib.util.find_spec("keras") is None, reason="Keras is not installed")
+pytestmark = [
+    pytest.mark.skipif(importlib.util.find_spec("keras") is None, reason="Keras is not installed"),
+    pytest.mark.slow,  # every test waits for the Keras fits in subprocesses (fit_on): 10-16 s per backend
+    pytest.mark.tf,
+]
 
 
 @pytest.fixture(scope="module")

@@ -10,6 +10,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
+from daskfeed import OrderWarning
 from daskfeed.cache import WindowCache
 from daskfeed.layout import SLOTS
 from daskfeed.plan import EpochPlan, PlanConfig
@@ -92,7 +93,7 @@ def test_any_order_from_many_threads_gives_the_same_batches():
     windows = Windows(config())
     order = list(range(plan.n_batches)) * 3
     random.Random(1).shuffle(order)
-    with pytest.warns(Warning), ThreadPoolExecutor(6) as pool:  # out of order: the OrderWarning
+    with pytest.warns(OrderWarning, match="out of order"), ThreadPoolExecutor(6) as pool:
         got = list(pool.map(lambda i: (i, windows.cache.take(windows.plan(0), i, i + 1, [LEAF])[0]), order))
     for i, ids in got:
         np.testing.assert_array_equal(ids, expected[i])

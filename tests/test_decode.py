@@ -295,6 +295,7 @@ class LatencyStore(zarr.storage.WrapperStore):
         super().__init__(store)
         self.delay = delay
         self.state = state if state is not None else {"now": 0, "most": 0, "fail": None, "hang": None, "gets": 0}
+        self.state.setdefault("hanging", 0)  # requests of the hang key waiting now
         self.lock = threading.Lock()
 
     def _with_store(self, store):
@@ -312,8 +313,12 @@ class LatencyStore(zarr.storage.WrapperStore):
             if state["fail"] and key == state["fail"]:
                 raise OSError(f"connection reset reading {key}")
             if state["hang"] is not None and key == "c/3/0":
-                while not state["hang"].is_set():
-                    await asyncio.sleep(0.01)
+                state["hanging"] += 1
+                try:
+                    while not state["hang"].is_set():
+                        await asyncio.sleep(0.01)
+                finally:
+                    state["hanging"] -= 1
             return await self._store.get(key, prototype, byte_range)
         finally:
             state["now"] -= 1
@@ -329,6 +334,7 @@ def slow_store(tmp_path):
     return zarr.open_array(store, mode="r"), store.state, data
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("concurrency", [4, 32])
 def test_a_store_with_latency_gets_concurrency_requests_in_flight(slow_store, concurrency):
     z, state, data = slow_store
@@ -369,9 +375,11 @@ def test_close_while_a_request_hangs_ends_the_read(slow_store):
 
     consumer = threading.Thread(target=consume)
     consumer.start()
-    deadline = time.monotonic() + 30
-    while state["now"] == 0 and time.monotonic() < deadline:  # the read of chunk 3 is waiting
+    for _ in range(3000):  # until the read of chunk 3 hangs (a hang guard, not a timing)
+        if state["hanging"]:
+            break
         time.sleep(0.01)
+    assert state["hanging"] and consumer.is_alive() and not got  # the consumer waits on the hung read
     loader.close()
     consumer.join(timeout=30)
     assert not consumer.is_alive() and len(got) == 1, got

@@ -7,9 +7,12 @@ import pytest
 
 import daskfeed
 
+pytestmark = pytest.mark.slow  # worker processes start and stop: 2-32 s a test
+
 distributed = pytest.importorskip("distributed")
 
 
+@pytest.mark.cluster
 def test_local_cluster_gives_the_same_batches(xy_store):
     arrays = daskfeed.open_zarr(xy_store)
     kwargs = dict(batch_size=64, seed=7, memory_budget="60KB", reads_per_chunk=2)
@@ -59,6 +62,7 @@ np.save(out, np.concatenate(served))
 """
 
 
+@pytest.mark.cluster
 def test_two_processes_sharing_a_cluster_each_get_their_own_samples(tmp_path):
     """Two training processes (shards of different stores) on one scheduler: task keys never collide."""
     import subprocess
@@ -108,6 +112,7 @@ def kill_the_worker_on_chunk_7(block, block_info=None):
     return block
 
 
+@pytest.mark.cluster
 def test_a_chunk_that_kills_its_worker_every_time_fails_with_the_cause():
     import dask
     import dask.array as da
@@ -162,6 +167,7 @@ def scale_to_zero(cluster, client):
         time.sleep(0.1)
 
 
+@pytest.mark.cluster
 def test_a_lost_scheduler_fails_with_the_connection_error_as_cause(one_worker):
     cluster, client, x = one_worker
     loader = started_loader(x, client)
@@ -173,6 +179,7 @@ def test_a_lost_scheduler_fails_with_the_connection_error_as_cause(one_worker):
     assert "scheduler" in str(info.value.__cause__) and not isinstance(info.value.__cause__, TypeError)
 
 
+@pytest.mark.cluster
 def test_a_cluster_scaled_to_zero_fails_the_epoch_after_no_workers_timeout(one_worker):
     """distributed waits for workers forever; the loader gives up after ``no_workers_timeout`` seconds."""
     cluster, client, x = one_worker
@@ -189,6 +196,7 @@ def test_a_cluster_scaled_to_zero_fails_the_epoch_after_no_workers_timeout(one_w
     loader.close()
 
 
+@pytest.mark.cluster
 def test_close_returns_while_a_read_waits_on_a_cluster_without_workers(one_worker):
     """``close()`` from another thread ends the wait and cancels the cluster's futures, whatever the cluster
     does; the consumer gets DaskfeedError."""
@@ -207,9 +215,14 @@ def test_close_returns_while_a_read_waits_on_a_cluster_without_workers(one_worke
             failed.append(err)
 
     consumer = threading.Thread(target=consume)
+    stalls = loader.stats["stalls"]
     consumer.start()
-    consumer.join(timeout=3)
-    assert consumer.is_alive()  # waiting for workers that will not come (the default wait is 60 s)
+    for _ in range(300):  # until a batch finds its window not made yet (a hang guard, not a timing)
+        if loader.stats["stalls"] > stalls:
+            break
+        threading.Event().wait(0.2)
+    # The consumer waits for a window that no worker will make (the default wait for workers is 60 s).
+    assert loader.stats["stalls"] > stalls and consumer.is_alive() and not failed
     loader.close()
     consumer.join(timeout=30)  # a hang guard: close ends the wait within a slice
     assert not consumer.is_alive() and failed and "closed" in str(failed[0])

@@ -12,6 +12,8 @@ from conftest import join_daskfeed_threads, sorted_blobs, write_store
 
 import daskfeed
 
+pytestmark = pytest.mark.tf
+
 keras = pytest.importorskip("keras")
 tf = pytest.importorskip("tensorflow")
 
@@ -48,6 +50,7 @@ def test_sequence_is_a_pydataset_with_keras_settings(blobs):
     seq.close()
 
 
+@pytest.mark.slow
 def test_fit_through_the_sequence_runs_epochs_in_order(blobs):
     seq = daskfeed.as_sequence(blobs["x"], blobs["y"], batch_size=64, seed=0)
     history = small_model().fit(seq, epochs=2, shuffle=False, verbose=0)
@@ -57,6 +60,7 @@ def test_fit_through_the_sequence_runs_epochs_in_order(blobs):
     assert join_daskfeed_threads() == []
 
 
+@pytest.mark.slow
 def test_fit_shuffle_true_is_correct_and_warns_once(blobs):
     seq = daskfeed.as_sequence(blobs["x"], blobs["y"], batch_size=64, seed=0, memory_budget="30KB")
     with warnings.catch_warnings(record=True) as caught:
@@ -66,6 +70,7 @@ def test_fit_shuffle_true_is_correct_and_warns_once(blobs):
     seq.close()
 
 
+@pytest.mark.slow
 def test_fit_with_keras_default_shuffle_over_epochs_at_a_small_budget(blobs):
     """fit(seq, epochs=3) as most users write it (Keras's shuffle=True: batch indices in a new random order
     each epoch) with data that does not fit the budget: no crash, and each epoch serves every sample once."""
@@ -89,6 +94,7 @@ def test_fit_with_keras_default_shuffle_over_epochs_at_a_small_budget(blobs):
     seq.close()
 
 
+@pytest.mark.slow
 def test_dropped_doors_free_their_loaders_and_threads(blobs):
     import gc
 
@@ -116,6 +122,7 @@ def test_dropped_doors_free_their_loaders_and_threads(blobs):
     assert join_daskfeed_threads() == []
 
 
+@pytest.mark.slow
 def test_a_dataset_derived_from_the_door_keeps_its_loader(blobs):
     """The generator TensorFlow keeps holds the loader weakly: a dataset made from as_dataset's keeps it."""
     import gc
@@ -132,6 +139,7 @@ def trained_weights(seq):
     return model.get_weights()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("multiprocessing", [False, True])
 def test_keras_workers_threads_and_processes(blobs, multiprocessing):
     """Asked for Keras's workers (threads or processes), the Sequence keeps Keras at one worker, says so, and
@@ -180,6 +188,7 @@ def test_both_doors_give_the_same_batches_bit_for_bit(blobs):
     seq.close()
 
 
+@pytest.mark.slow
 def test_fit_evaluate_predict_through_the_dataset(blobs):
     model = small_model()
     ds = daskfeed.as_dataset(blobs["x"], blobs["y"], batch_size=64, seed=0)
@@ -191,6 +200,7 @@ def test_fit_evaluate_predict_through_the_dataset(blobs):
     np.testing.assert_allclose(preds[:5], model.predict(blobs["x"][:5].compute(), verbose=0), rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_multi_input_dicts_and_sample_weights(tmp_path):
     n = 500
     rng = np.random.default_rng(0)
@@ -237,6 +247,7 @@ def test_front_end_bad_knobs(blobs):
         daskfeed.as_sequence(blobs["x"], use_multiprocessing="yes")
 
 
+@pytest.mark.slow
 def test_an_error_in_the_training_step_leaves_no_thread(blobs):
     class Boom(keras.callbacks.Callback):
         def on_train_batch_end(self, batch, logs=None):
@@ -259,6 +270,7 @@ def explode_on_chunk_3(block, block_info=None):
     return block
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("door", ["as_sequence", "as_dataset"])
 def test_a_read_error_reaches_fit_and_a_loop_as_chunk_read_error(blobs, door):
     """Mid-epoch, in tf.data's thread: TensorFlow would make it an UnknownError holding the text; the user's
@@ -320,6 +332,7 @@ print("still here", Interrupts.count(), flush=True)
 )
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("door", ["as_sequence", "as_dataset"])
 def test_a_process_that_ignores_ctrl_c_still_gets_chunk_read_error(tmp_path, door):
     """The hand-over rides on SIGINT: a process started with SIGINT ignored gets daskfeed's error in fit all the
@@ -334,6 +347,7 @@ def test_a_process_that_ignores_ctrl_c_still_gets_chunk_read_error(tmp_path, doo
     assert done.stdout.split("\n")[:2] == ["caught x 3", "still here 0"], done.stderr[-3000:]
 
 
+@pytest.mark.slow
 def test_keras_peek_then_epoch_is_in_order_even_with_tiny_windows(blobs):
     """Keras reads batches 0 and 1 for the spec, then the epoch; a window gone after the peek is no warning."""
     seq = daskfeed.as_sequence(blobs["x"], blobs["y"], batch_size=64, seed=0, memory_budget="25KB", reads_per_chunk=32)
@@ -343,6 +357,7 @@ def test_keras_peek_then_epoch_is_in_order_even_with_tiny_windows(blobs):
     seq.close()
 
 
+@pytest.mark.slow
 def test_a_dataset_from_a_loader_you_close(blobs):
     """The README's way to close an as_dataset loader: make the Loader, fit, leave the with block."""
     from daskfeed.tf import dataset_from_loader
@@ -376,6 +391,7 @@ np.save(out, np.concatenate([w.ravel() for w in model.get_weights()]))
 """
 
 
+@pytest.mark.slow
 def test_a_fit_killed_mid_epoch_and_restarted_serves_exactly_the_uninterrupted_batches(xy_store, tmp_path):
     """A real fit in a subprocess, SIGKILLed mid-epoch, started again: the batches trained on, and the final
     weights, are those of a run that was never interrupted."""
@@ -442,6 +458,7 @@ print("done")
 """
 
 
+@pytest.mark.slow
 def test_twenty_forks_while_threads_read_never_hang(xy_store, tmp_path):
     """A process forked while daskfeed's threads run (a user's multiprocessing pool; Keras's used to) makes
     threads of its own instead of inheriting dask's pools and their lock, held by a thread that is not there
@@ -476,6 +493,7 @@ model.fit(data, epochs=2, shuffle=False, verbose=0)
 )
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("door", ["as_sequence", "as_dataset"])
 def test_ctrl_c_reaches_fit_while_a_chunk_read_is_stuck(tmp_path, door):
     """TensorFlow holds the main thread in the op that waits for the stuck batch; Ctrl-C still ends fit with a

@@ -90,6 +90,8 @@ def faults_in_a_fresh_process(tmp_path, store, door, env=None):
     return after
 
 
+@pytest.mark.slow
+@pytest.mark.tf
 @pytest.mark.parametrize("door", ["as_dataset", "as_sequence"])
 def test_a_loader_sets_back_the_threshold_tensorflow_pinned(tmp_path, store, door):
     """After TensorFlow's from_generator (as_dataset's own, or Keras's around a PyDataset), buffers are
@@ -97,6 +99,8 @@ def test_a_loader_sets_back_the_threshold_tensorflow_pinned(tmp_path, store, doo
     assert faults_in_a_fresh_process(tmp_path, store, door) < PAGES // 4
 
 
+@pytest.mark.slow
+@pytest.mark.tf
 def test_zero_leaves_the_threshold_as_tensorflow_set_it(tmp_path, store):
     assert faults_in_a_fresh_process(tmp_path, store, "as_dataset", {heap.ENV: "0"}) >= PAGES // 2
 

@@ -331,6 +331,7 @@ def test_interrupted_shuffle_resumes_after_its_scatter(npy, monkeypatch):
     assert sorted(data["y"].tolist()) == list(range(1001))
 
 
+@pytest.mark.slow
 def test_killed_command_leaves_no_store_and_rerunning_finishes(tmp_path):
     """The real command, killed with SIGKILL mid-way: nothing at DEST; the same command again completes it."""
     x = np.random.default_rng(0).integers(0, 255, (3000, 64), dtype="u1")

@@ -119,6 +119,7 @@ def assert_no_leftovers(dest):
     assert sorted(os.listdir(os.path.dirname(dest))) == [os.path.basename(dest)]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("step", COMMIT_STEPS)
 def test_killed_at_any_step_of_the_commit_the_same_command_finishes_it(sources, reference, tmp_path, capsys, step):
     tmp, x, old = sources
@@ -147,6 +148,7 @@ def test_killed_at_any_step_of_the_commit_the_same_command_finishes_it(sources, 
     assert "20 chunk rows were already written by an interrupted run" in out  # all of them, before the kill
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("step", ["scattered", "bucket 1"])
 def test_a_drawn_seed_is_kept_by_the_rerun(sources, tmp_path, capsys, step):
     """Killed while scattering or placing with no --seed: the rerun goes on with the seed the first run drew."""
@@ -171,6 +173,7 @@ def test_a_drawn_seed_is_kept_by_the_rerun(sources, tmp_path, capsys, step):
     assert sorted(os.listdir(tmp_path)) == ["again.zarr", "out.zarr"]
 
 
+@pytest.mark.slow
 def test_a_rerun_with_another_seed_starts_afresh(sources, tmp_path, capsys):
     tmp, x, _old = sources
     dest = tmp_path / "out.zarr"
@@ -181,6 +184,7 @@ def test_a_rerun_with_another_seed_starts_afresh(sources, tmp_path, capsys):
     np.testing.assert_array_equal(data["x"][:], x[data["y"][:]])
 
 
+@pytest.mark.slow
 def test_another_command_after_a_kill_between_the_renames_never_deletes_the_only_copy(
     sources, reference, tmp_path, recwarn
 ):
@@ -236,6 +240,7 @@ def test_a_work_folder_whose_store_is_gone_starts_afresh(sources, tmp_path, monk
     np.testing.assert_array_equal(data["x"][:], x[data["y"][:]])
 
 
+@pytest.mark.slow
 def test_an_ingest_into_its_own_source_killed_after_the_commit_is_not_done_twice(sources, tmp_path, capsys):
     """``ingest S S --shuffle --overwrite`` rewrites S in place; killed after the new S is in, the rerun must not
     shuffle the shuffled store again (its source changed, the command did not)."""
@@ -297,6 +302,7 @@ def big(tmp_path_factory):
 BIG = ["--chunk-length", "100", "--memory", "300KB", "--quiet"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("where", "size", "extra"),
     [

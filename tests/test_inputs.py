@@ -24,6 +24,7 @@ def test_open_zarr_group_path_and_array(xy_store):
     assert sorted(daskfeed.open_zarr(group)) == ["x", "y"]
 
 
+@pytest.mark.slow
 def test_open_zarr_over_http(tmp_path, http_root):
     pytest.importorskip("aiohttp")
     x = np.arange(300, dtype="i4").reshape(100, 3)
@@ -143,6 +144,7 @@ def test_read_timeout_travels_with_the_store(xy_store):
         daskfeed.open_zarr(xy_store, read_timeout="5")
 
 
+@pytest.mark.slow
 def test_open_zarr_without_the_package_a_protocol_needs_says_which_first():
     """Run where s3fs cannot be imported (a fresh process: this one may have fsspec's s3 class loaded)."""
     import subprocess
@@ -167,11 +169,16 @@ def test_errors_are_builtin_errors_too():
     assert issubclass(daskfeed.ChunkReadError, RuntimeError) and issubclass(daskfeed.MemoryBudgetError, ValueError)
 
 
-def test_write_store_helper_chunks(tmp_path):
-    path = write_store(tmp_path / "s.zarr", {"a": np.zeros((7, 2))}, {"a": 3})
-    assert daskfeed.open_zarr(path)["a"].chunks[0] == (3, 3, 1)
+def test_open_zarr_gives_one_block_per_zarr_chunk_on_every_axis(tmp_path):
+    """A single array's path opens as one dask array whose blocks are its zarr chunks, the ragged ones too."""
+    data = np.arange(7 * 5, dtype="i4").reshape(7, 5)
+    zarr.create_array(str(tmp_path / "a.zarr"), data=data, chunks=(3, 2))
+    a = daskfeed.open_zarr(tmp_path / "a.zarr")
+    assert isinstance(a, da.Array) and a.chunks == ((3, 3, 1), (2, 2, 1))
+    np.testing.assert_array_equal(a.compute(), data)
 
 
+@pytest.mark.slow
 def test_a_remote_store_that_stops_answering_fails_with_the_chunk_named(tmp_path):
     """An HTTP server on 127.0.0.1 that stops answering chunk requests (it does not close them)."""
     pytest.importorskip("aiohttp")

@@ -40,6 +40,7 @@ def test_a_chunk_deleted_from_a_copy_is_warned_about_by_default_naming_array_chu
     assert zeros.sum() == 1000 and set(y[zeros] - 1) == set(range(2000, 3000))
 
 
+@pytest.mark.tf
 @pytest.mark.parametrize("door", ["as_sequence", "as_dataset"])
 def test_missing_chunks_error_refuses_the_store_in_both_doors(tmp_path, door):
     store = user_store(tmp_path / "s.zarr")
@@ -163,6 +164,7 @@ def test_missing_chunks_is_checked_like_every_knob():
         daskfeed.LoaderOptions(no_workers_timeout="60")
 
 
+@pytest.mark.slow
 def test_an_http_store_cannot_be_listed_so_warn_skips_it_and_error_refuses_it(tmp_path, http_root):
     pytest.importorskip("aiohttp")
     user_store(tmp_path / "s.zarr")
@@ -217,6 +219,7 @@ def paired(batch):
     return len(y)
 
 
+@pytest.mark.slow
 def test_a_store_replaced_under_a_loader_fails_the_next_read_and_never_mixes_versions(tmp_path):
     import subprocess
 
@@ -244,6 +247,7 @@ def test_a_store_replaced_under_a_loader_fails_the_next_read_and_never_mixes_ver
         assert sum(paired(b) for b in loader) == 6000
 
 
+@pytest.mark.slow
 def test_a_loader_racing_a_real_overwrite_finishes_on_the_old_data_or_raises(tmp_path):
     import subprocess
 

@@ -16,6 +16,8 @@ import daskfeed
 keras = pytest.importorskip("keras")
 tf = pytest.importorskip("tensorflow")
 
+pytestmark = pytest.mark.tf  # both doors, through Keras and TensorFlow
+
 N = 1003
 
 

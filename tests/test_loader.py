@@ -182,6 +182,7 @@ def test_every_epoch_is_a_full_shuffle_when_the_data_fits(xy_store):
     assert not np.array_equal(first, later)
 
 
+@pytest.mark.slow
 def test_memory_budget_holds_for_windows(tmp_path):
     n = 20_000
     x = np.random.default_rng(0).integers(0, 255, (n, 16, 16), dtype="u1")
@@ -335,6 +336,7 @@ def test_threads_are_named_and_end_when_idle(xy_store):
     loader.close()
 
 
+@pytest.mark.slow
 def test_interpreter_exit_with_an_open_loader_does_not_hang(xy_store):
     code = (
         "import daskfeed\n"
@@ -402,6 +404,7 @@ def test_parse_bytes():
     assert daskfeed.parse_bytes(1024) == 1024
 
 
+@pytest.mark.slow
 def test_a_billion_samples_plan_lazily():
     """A 10^9-sample lazy array: construction and the first batch never touch O(samples) memory."""
     import tracemalloc
@@ -417,6 +420,7 @@ def test_a_billion_samples_plan_lazily():
     assert peak < 256 * 2**20  # the windows of a 3 MB budget, the plan and dask's graph; a permutation is 8 GB
 
 
+@pytest.mark.slow
 def test_import_daskfeed_does_not_import_tensorflow_or_keras():
     code = "import sys, daskfeed; bad = [m for m in ('tensorflow', 'keras') if m in sys.modules]; print(bad)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
@@ -474,6 +478,7 @@ PINNED_FIRST_BATCHES = {
 }
 
 
+@pytest.mark.tf
 @pytest.mark.parametrize("budget", sorted(PINNED_FIRST_BATCHES))
 def test_seed_0_gives_the_pinned_first_batches_in_both_doors(xy_store, budget):
     import tensorflow as tf
@@ -500,6 +505,7 @@ def ragged_store(tmp_path_factory):
     return write_store(tmp_path_factory.mktemp("ragged") / "s.zarr", {"x": x, "y": np.arange(n)}, {"x": 90, "y": 250})
 
 
+@pytest.mark.slow
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(
     batch_size=st.integers(1, 300),
@@ -537,6 +543,7 @@ def test_batches_in_any_order_over_epochs_at_a_budget_the_data_does_not_fit(
                 np.testing.assert_array_equal(rows, expected)  # the same batches as reading in order
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("use", ["never", "batches", "break", "epochs"])
 def test_a_dropped_loader_is_freed_with_its_windows_and_threads(xy_store, use):
     import gc

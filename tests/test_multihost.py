@@ -159,6 +159,9 @@ np.savez(out, **served)
 """
 
 
+@pytest.mark.slow
+@pytest.mark.tf
+@pytest.mark.cluster
 @needs_tf
 @pytest.mark.timeout(CHILD_TIMEOUT + 60)
 def test_multi_worker_mirrored_strategy_trains_on_every_sample_once(id_store, tmp_path):
@@ -219,6 +222,8 @@ np.savez(out, **served)
 """
 
 
+@pytest.mark.slow
+@pytest.mark.tf
 @needs_tf
 @pytest.mark.timeout(CHILD_TIMEOUT + 60)
 def test_mirrored_strategy_on_one_host_serves_every_sample_once_without_auto_shard_warnings(id_store, tmp_path):
@@ -305,6 +310,9 @@ np.savez(out, **result)
 """
 
 
+@pytest.mark.slow
+@pytest.mark.tf
+@pytest.mark.cluster
 @needs_jax
 @pytest.mark.timeout(CHILD_TIMEOUT + 60)
 def test_jax_processes_each_get_their_own_shard_by_default(tmp_path):

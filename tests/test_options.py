@@ -50,6 +50,7 @@ def test_options_are_parsed_once_from_an_object_a_dict_or_keywords():
     assert isinstance(LoaderOptions().seed, int)  # drawn when not given, and then fixed
 
 
+@pytest.mark.tf
 def test_both_doors_take_the_knobs_with_the_options_defaults():
     pytest.importorskip("tensorflow")
     from daskfeed.keras import as_sequence

@@ -18,6 +18,8 @@ from conftest import write_store
 
 import daskfeed
 
+pytestmark = pytest.mark.slow  # a moto server per test, and read timeouts waited out: 3-6 s a test
+
 s3fs = pytest.importorskip("s3fs", reason="the S3 tests need s3fs (pip install 'daskfeed[test]')")
 pytest.importorskip("moto.server", reason="the S3 tests need moto's server (pip install 'moto[server]')")
 

@@ -49,6 +49,8 @@ def keras_pairs(x, y, length, step):
     return pairs((a.numpy(), b.numpy()) for a, b in ds)
 
 
+@pytest.mark.slow
+@pytest.mark.tf
 @pytest.mark.parametrize(("length", "step"), [(48, 1), (48, 5), (5, 5), (1, 1), (64, 64), (70, 3), (200, 31)])
 @pytest.mark.parametrize("budget", ["1GiB", "80KB"])  # resident, and streaming (heads held up to 64 steps)
 def test_series_windows_are_exactly_those_of_keras_timeseries_dataset_from_array(series_store, length, step, budget):
@@ -67,6 +69,8 @@ def test_series_windows_are_exactly_those_of_keras_timeseries_dataset_from_array
     assert not all(np.array_equal(a[1], b[1]) for a, b in zip(*epochs))  # a new order each epoch
 
 
+@pytest.mark.slow
+@pytest.mark.tf
 @pytest.mark.parametrize("reads", [1, 3])
 def test_series_from_numpy_dask_and_zarr_and_at_several_reads_per_chunk(series_store, reads):
     path, x, y = series_store
@@ -79,6 +83,7 @@ def test_series_from_numpy_dask_and_zarr_and_at_several_reads_per_chunk(series_s
             assert pairs(loader) == expected
 
 
+@pytest.mark.tf
 def test_windows_longer_than_a_chunk_with_heads_too_large_to_hold_read_the_next_chunks(tmp_path):
     """Chunks of 10 rows and windows of 40: the heads are most of the array, more than the budget holds; each
     unit then reads its next chunks itself (decoding them again), and the samples are still exactly Keras's."""
@@ -143,6 +148,7 @@ def test_decode_amplification_of_windows_and_patches_is_one_at_one_read_per_chun
         assert not patches.layout.resident and patches.layout.amplification == pytest.approx(1.0)
 
 
+@pytest.mark.tf
 def test_both_doors_serve_the_loaders_batches_with_the_window_shape(series_store):
     tf = pytest.importorskip("tensorflow")
     path, _, _ = series_store
@@ -185,6 +191,7 @@ def test_same_seed_same_batches_whatever_the_threads_and_order(series_store):
     reference.close()
 
 
+@pytest.mark.tf
 def test_shards_partition_the_windows_and_drop_remainder_drops_only_the_last_batch(series_store):
     path, x, y = series_store
     arrays = daskfeed.open_zarr(path)
@@ -372,6 +379,7 @@ def test_row_maps_merge_touching_runs():
     assert runs(np.array([0, 11, 20, 21])).tolist() == [0, 11, 12, 13]
 
 
+@pytest.mark.slow
 @settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(
     length=st.integers(1, 120),

@@ -43,6 +43,7 @@ def rows_of(loader):
     return rows
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("budget", ["1GiB", "30KB"])  # resident, and streaming
 def test_parts_are_disjoint_cover_every_sample_and_hold_every_class(sorted_store, budget):
     path, _, y = sorted_store
@@ -82,6 +83,8 @@ def test_a_split_is_seeded_and_each_part_keeps_the_fast_read_path(sorted_store):
         whole.close()
 
 
+@pytest.mark.slow
+@pytest.mark.tf
 def test_parts_through_both_doors_and_a_keras_fit_with_validation_data(sorted_store):
     keras = pytest.importorskip("keras")
     path, _, _ = sorted_store

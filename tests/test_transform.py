@@ -141,6 +141,7 @@ def crop(batch, rng):
     return x[:, i : i + 4, j : j + 4, :], y
 
 
+@pytest.mark.tf
 def test_as_dataset_serves_the_transformed_batches_and_its_element_spec_follows(store):
     tf = pytest.importorskip("tensorflow")
     arrays = daskfeed.open_zarr(store)
@@ -159,6 +160,8 @@ def test_as_dataset_serves_the_transformed_batches_and_its_element_spec_follows(
     assert int(count) == 203
 
 
+@pytest.mark.slow
+@pytest.mark.tf
 def test_as_dataset_names_a_batch_whose_shape_differs_from_batch_0(store):
     pytest.importorskip("tensorflow")
     arrays = daskfeed.open_zarr(store)
@@ -172,6 +175,7 @@ def test_as_dataset_names_a_batch_whose_shape_differs_from_batch_0(store):
         list(ds)
 
 
+@pytest.mark.tf
 def test_as_sequence_trains_a_keras_model_with_a_random_flip(store):
     keras = pytest.importorskip("keras")
     arrays = daskfeed.open_zarr(store)
