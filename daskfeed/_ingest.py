@@ -204,7 +204,14 @@ class IngestReport:
             kept = ", kept as it is (not along the samples)" if name in self.kept else ""
             lines.append(f"  {name}{dims}: {shape} {dtype}{kept}")
         if self.dims:
-            lines.append("  xarray.open_zarr opens it with its coordinates")
+            coords = [name for name, d in self.dims.items() if tuple(d) == (name.rpartition("/")[2],)]
+            if coords:
+                lines.append(f"  xarray.open_zarr opens it with its coordinates ({', '.join(coords)})")
+            else:  # variables given by path: their dimensions came along, their coordinates did not
+                lines.append(
+                    "  xarray.open_zarr opens it with its dimension names but no coordinates: none was given (give "
+                    "the whole store, or name them too, e.g. STORE/time, to keep each sample's time)"
+                )
         if self.class_names is not None:
             lines.append(f"  class_names: {self.class_names}")
         return "\n".join([*self.notes, *lines])

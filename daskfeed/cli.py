@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import functools
 import json
+import os
 import re
 import sys
 import warnings
@@ -169,7 +170,8 @@ def _ingest(args: argparse.Namespace) -> int:
             memory=args.memory,
             workers=args.workers,
             overwrite=args.overwrite,
-            progress=not args.quiet,
+            # The command shows bars unless --quiet, in a pipe too; DASKFEED_PROGRESS=0|1 decides when set.
+            progress=False if args.quiet else (None if os.environ.get("DASKFEED_PROGRESS") else True),
         )
     except KeyboardInterrupt:
         _stopped(args.dest, "interrupted")

@@ -665,9 +665,10 @@ def store_location(array: Any) -> str | None:
     return None
 
 
-def rewrite_command(arrays: list[Any]) -> str | None:
+def rewrite_command(arrays: list[Any], keep_order: bool = False) -> str | None:
     """The ``daskfeed ingest`` command that rewrites zarr ``arrays`` of one store with equal chunks of ~4 MiB
-    in random order, or None when they are not all in one store on a path or URL."""
+    in random order (in their order with ``keep_order``: a series cut by ``window={0: L}``), or None when they
+    are not all in one store on a path or URL."""
     roots = {store_location(z) for z in arrays}
     if None in roots or len(roots) != 1:
         return None
@@ -677,20 +678,31 @@ def rewrite_command(arrays: list[Any]) -> str | None:
         path = z.path.strip("/")
         sources.append(root if not path else f"{path}={root}/{path}" if "/" in path else f"{root}/{path}")
     dest = (root[:-5] if root.endswith(".zarr") else root) + "-daskfeed.zarr"
+    if keep_order:
+        return (
+            "Rewrite the store with equal chunks of ~4 MiB, once, in its order (not --shuffle: windows of a series "
+            f"need its rows in order), and train from the copy: daskfeed ingest {' '.join(sources)} {dest}"
+        )
     return (
         "Rewrite the store with equal chunks of ~4 MiB in random order, once, and train from the copy: "
         f"daskfeed ingest {' '.join(sources)} {dest} --shuffle --seed 0"
     )
 
 
-def rewrite_hint(inputs: Inputs) -> str:
+def rewrite_hint(inputs: Inputs, keep_order: bool = False) -> str:
     """How to rewrite the loader's arrays into a store that reads fast: the exact ``daskfeed ingest`` command,
-    or the :func:`daskfeed.ingest` call for arrays that are not all in one zarr store."""
+    or the :func:`daskfeed.ingest` call for arrays that are not all in one zarr store. ``keep_order`` (windows
+    of a series, ``window={0: L}``) keeps the rows in their order instead of shuffling them."""
     found = inputs.zarr_arrays()
-    command = rewrite_command(found) if found is not None else None
+    command = rewrite_command(found, keep_order) if found is not None else None
     if command is not None:
         return command
     names = ", ".join(f"{leaf.key or leaf.role!r}: {leaf.name}" for leaf in inputs.leaves if leaf.lazy)
+    if keep_order:
+        return (
+            "Rewrite the arrays with equal chunks of ~4 MiB, once, in their order (not shuffled: windows of a "
+            f'series need its rows in order), and train from the copy: daskfeed.ingest({{{names}}}, "train.zarr")'
+        )
     return (
         "Rewrite the arrays with equal chunks of ~4 MiB in random order, once, and train from the copy: "
         f'daskfeed.ingest({{{names}}}, "train.zarr", shuffle=True)'
@@ -701,7 +713,9 @@ def _dataset_error(role: str, ds: Any) -> InputTypeError:
     """The error for an ``xarray.Dataset`` given as ``x``, ``y`` or ``sample_weight``: which variables to pass."""
     names = [str(name) for name in ds.data_vars]
     labels = [n for n in names if n.lower() in ("y", "label", "labels", "target", "targets", "class", "classes")]
-    inputs = [n for n in names if n not in labels]
+    if not labels:  # one integer per sample looks like a label; a field (time, lat, lon) like an input
+        labels = [n for n in names if ds[n].ndim == 1 and np.dtype(ds[n].dtype).kind in "iub"]
+    inputs = sorted((n for n in names if n not in labels), key=lambda n: -int(ds[n].size))
     x = inputs[0] if inputs else names[0] if names else "VAR"
     y = labels[0] if labels else next((n for n in names if n != x), None)
     example = f'x=ds["{x}"]' + (f', y=ds["{y}"]' if y is not None else "")

@@ -15,7 +15,7 @@ import numpy as np
 
 from daskfeed import heap
 from daskfeed.cache import CacheStats, WindowCache
-from daskfeed.errors import DaskfeedError, InputError, InputTypeError, LayoutWarning, warn
+from daskfeed.errors import DaskfeedError, DaskfeedWarning, InputError, InputTypeError, LayoutWarning, warn
 from daskfeed.inputs import Inputs, normalize_inputs, rewrite_hint, zarr_behind
 from daskfeed.integrity import StoreWatch, check_missing
 from daskfeed.interrupts import Interrupts
@@ -131,6 +131,13 @@ class Loader:
         mixed = self.inputs.written_shuffled()
         #: What a sample is when ``window=`` cuts samples out of rows; None for one sample per row.
         self.geometry = sample_geometry(self.inputs, self.options.window, self.options.stride)
+        if mixed and self.geometry is not None and self.geometry.series:
+            warn(
+                f"window={self.options.window!r} cuts windows of consecutive rows, but these arrays were written in "
+                "random order (daskfeed ingest --shuffle): each window joins rows of unrelated samples. Cut windows "
+                "from a store in its original order: the source, or daskfeed ingest without --shuffle",
+                DaskfeedWarning,
+            )
         self.layout: Layout = choose_layout(
             self.inputs.leaves,
             self.inputs.n_samples,
@@ -155,7 +162,7 @@ class Loader:
             threads=self.decode_limit.threads,
         )
         if self.decode_limit.warning() is not None:
-            warn(f"{self.decode_limit.warning()} {rewrite_hint(self.inputs)}", LayoutWarning)
+            warn(f"{self.decode_limit.warning()} {rewrite_hint(self.inputs, self._series)}", LayoutWarning)
         leaves = self.inputs.leaves
         zarrs = [(leaf.name, z) for leaf in leaves if leaf.lazy and (z := zarr_behind(leaf.array)) is not None]
         check_missing(zarrs, self.options.missing_chunks)
@@ -441,13 +448,18 @@ class Loader:
 
     # -- machinery ------------------------------------------------------------------------------------
 
+    @property
+    def _series(self) -> bool:
+        """Whether samples are windows of a series (``window`` names axis 0): a rewrite must keep its order."""
+        return self.geometry is not None and self.geometry.series
+
     def _advice(self) -> str:
         """What fixes a layout that decodes too much: a rewrite in random order, unless the labels are mixed
         already; then the reads are only those a window needs to hold a read unit (more budget, or smaller
         chunks, make them one)."""
         layout = self.layout
         if not layout.labels_mixed:
-            return rewrite_hint(self.inputs)
+            return rewrite_hint(self.inputs, self._series)
         grouping = ", ".join(f"{name} {value:.2f}" for name, value in layout.label_grouping.items())
         longest = int(np.diff(layout.chunk_bounds)[layout.shard_chunks].max())
         need = layout.held_bytes + (self.memory_budget - layout.held_bytes) * (longest + self.batch_size)

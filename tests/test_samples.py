@@ -404,3 +404,34 @@ def test_any_window_stride_chunks_and_budget_serve_each_window_once(length, step
             for xb, yb in got:
                 np.testing.assert_array_equal(xb[:, :, 0], yb[:, None] + np.arange(length))
         assert loader.stats["peak_window_bytes"] <= small.value.smallest + extra
+
+
+def test_windows_of_a_series_on_a_store_written_in_random_order_warn(tmp_path):
+    """A newcomer who follows the general advice (ingest --shuffle) and then cuts windows of a series gets windows
+    of unrelated rows: the loader says so. Patches (other axes) of such a store are fine."""
+    series = np.arange(3000 * 4, dtype="f4").reshape(3000, 4)
+    dest = str(tmp_path / "shuffled.zarr")
+    daskfeed.ingest({"x": series, "y": np.arange(3000)}, dest, shuffle=True, seed=0, progress=False)
+    arrays = daskfeed.open_zarr(dest)
+    with pytest.warns(daskfeed.DaskfeedWarning, match=r"each window joins rows of unrelated samples"):
+        daskfeed.Loader(arrays["x"], arrays["y"], window={0: 8}, seed=0).close()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", daskfeed.DaskfeedWarning)
+        daskfeed.Loader(arrays["x"], arrays["y"], window={1: 2}, seed=0).close()
+
+
+def test_the_rewrite_advice_for_windows_of_a_series_keeps_its_order(tmp_path):
+    """The README's forecasting store (chunks of 4096 rows of 64 features) at a budget it does not fit: the
+    advice to rewrite it must not shuffle the series."""
+    x = np.random.default_rng(0).normal(size=(20000, 64)).astype("f4")
+    path = write_store(tmp_path / "series.zarr", {"x": x, "y": x[:, 0].copy()}, {"x": 4096, "y": 4096})
+    arrays = daskfeed.open_zarr(path)
+    with pytest.warns(daskfeed.LayoutWarning) as caught:
+        daskfeed.Loader(arrays["x"], arrays["y"], window={0: 48}, stride={0: 1}, memory_budget="4MB").close()
+    advice = [str(w.message) for w in caught if "Rewrite" in str(w.message)]
+    assert advice
+    for text in advice:
+        assert "not --shuffle: windows of a series need its rows in order" in text and "--shuffle --seed" not in text
+    with pytest.warns(daskfeed.LayoutWarning) as caught:  # one sample per row: shuffling is the advice
+        daskfeed.Loader(arrays["x"], arrays["y"], memory_budget="4MB").close()
+    assert any("--shuffle --seed 0" in str(w.message) for w in caught)

@@ -261,3 +261,28 @@ def test_the_readme_quickstart_trains_on_an_ingested_xarray_store(coords_store, 
     history = model.fit(seq, epochs=2, shuffle=False, verbose=0)
     assert len(history.history["loss"]) == 2 and np.isfinite(history.history["loss"]).all()
     assert xr.open_zarr(str(tmp_path / "train.zarr"))["time"].size == 600  # the coordinates are still there
+
+
+def test_a_dataset_as_x_suggests_the_field_as_input_and_the_integer_variable_as_label(tmp_path):
+    """Variables not named like labels: the one integer per sample is the label, the largest variable the input
+    (not the first by name, which would make the label the model's input)."""
+    n = 40
+    ds = xr.Dataset(
+        {
+            "t2m": (("time", "lat", "lon"), np.zeros((n, 3, 4), "f4")),
+            "season": (("time",), np.arange(n) % 4),
+        },
+        coords={"time": START + np.arange(n).astype("timedelta64[D]")},
+    )
+    with pytest.raises(InputTypeError, match=r'x=ds\["t2m"\], y=ds\["season"\]'):
+        daskfeed.Loader(ds, batch_size=8)
+
+
+def test_ingest_of_variables_by_path_says_their_coordinates_were_not_given(coords_store, tmp_path, capsys):
+    path, _ds = coords_store
+    dest = tmp_path / "by_path.zarr"
+    code, out, err = run(capsys, "ingest", f"{path}/images", f"{path}/labels", dest, "--quiet")
+    assert code == 0, err
+    assert "opens it with its coordinates" not in out
+    assert "xarray.open_zarr opens it with its dimension names but no coordinates: none was given" in out
+    assert "time" not in xr.open_zarr(str(dest)).coords
