@@ -75,6 +75,25 @@ def streamed(row: dict, loader, decoded: int, sizes: dict) -> None:
     row["amplification_layout"] = loader.layout.amplification
 
 
+def measure_daskfeed(row: dict, path: str, budget: int, knobs: dict, samples: int, sizes: dict, what: str):
+    """daskfeed's two epochs over the store at ``path`` through ``as_dataset`` in graph mode, into ``row``: rates
+    of the first and second epoch and the second's decode amplification. Returns the dataset."""
+    arrays = daskfeed.open_zarr(path)
+    budget = fitting_budget(arrays["x"], arrays["y"], budget, **knobs)
+    row["budget_mib"] = budget / 2**20
+    ds = daskfeed.as_dataset(arrays["x"], arrays["y"], memory_budget=budget, **knobs)
+    loader = ds._daskfeed_loader
+    row["layout"] = loader.layout.describe()
+    n0, first = graph_count(ds)
+    decoded, later = epoch_decode(ds)
+    assert n0 == samples
+    row["daskfeed_first_epoch"] = samples / first
+    row["daskfeed"] = samples / later
+    streamed(row, loader, decoded, sizes)
+    print(f"  daskfeed as_dataset: {row['daskfeed']:,.0f} {what}/s, decoded {row['amplification_measured']:.3f}x")
+    return ds
+
+
 def series(args: argparse.Namespace, work: Path) -> dict:
     import keras
 
@@ -94,20 +113,8 @@ def series(args: argparse.Namespace, work: Path) -> dict:
     )
     row: dict = {"steps": steps, "mib": nbytes / 2**20, "budget_mib": budget / 2**20, "windows": windows}
 
-    arrays = daskfeed.open_zarr(path)
     knobs = dict(batch_size=bs, seed=0, window={0: LENGTH}, stride={0: 1}, reads_per_chunk=1)
-    budget = fitting_budget(arrays["x"], arrays["y"], budget, **knobs)
-    row["budget_mib"] = budget / 2**20
-    ds = daskfeed.as_dataset(arrays["x"], arrays["y"], memory_budget=budget, **knobs)
-    loader = ds._daskfeed_loader
-    row["layout"] = loader.layout.describe()
-    n0, first = graph_count(ds)
-    decoded, later = epoch_decode(ds)
-    assert n0 == windows
-    row["daskfeed_first_epoch"] = windows / first
-    row["daskfeed"] = windows / later
-    streamed(row, loader, decoded, {"x": x_np.nbytes, "y": y_np.nbytes})
-    print(f"  daskfeed as_dataset: {row['daskfeed']:,.0f} windows/s, decoded {row['amplification_measured']:.3f}x")
+    ds = measure_daskfeed(row, path, budget, knobs, windows, {"x": x_np.nbytes, "y": y_np.nbytes}, "windows")
 
     ts = keras.utils.timeseries_dataset_from_array(
         x_np, y_np, sequence_length=LENGTH, sequence_stride=1, batch_size=bs, shuffle=True, seed=0
@@ -140,7 +147,7 @@ def series(args: argparse.Namespace, work: Path) -> dict:
     print(f"  PyDataset slicing zarr per window: {row['pydataset_zarr_slices']:,.0f} windows/s ({count} batches)")
     row["vs_timeseries"] = row["daskfeed"] / row["timeseries_dataset_from_array"]
     row["vs_pydataset"] = row["daskfeed"] / row["pydataset_zarr_slices"]
-    del ds, loader
+    del ds
     return row
 
 
@@ -165,21 +172,8 @@ def patches(args: argparse.Namespace, work: Path) -> dict:
     print(f"patches: {n} images of 512x512x3, {nbytes / 2**20:.0f} MiB, budget {budget / 2**20:.0f} MiB", flush=True)
     row: dict = {"images": n, "mib": nbytes / 2**20, "budget_mib": budget / 2**20, "patches": total}
 
-    arrays = daskfeed.open_zarr(path)
     knobs = dict(batch_size=args.batch_size, seed=0, window={1: PATCH, 2: PATCH}, reads_per_chunk=1)
-    budget = fitting_budget(arrays["x"], arrays["y"], budget, **knobs)
-    row["budget_mib"] = budget / 2**20
-    ds = daskfeed.as_dataset(arrays["x"], arrays["y"], memory_budget=budget, **knobs)
-    loader = ds._daskfeed_loader
-    row["layout"] = loader.layout.describe()
-    n0, first = graph_count(ds)
-    decoded, later = epoch_decode(ds)
-    assert n0 == total
-    row["daskfeed_first_epoch"] = total / first
-    row["daskfeed"] = total / later
-    streamed(row, loader, decoded, {"x": nbytes - labels.nbytes, "y": labels.nbytes})
-    print(f"  daskfeed as_dataset: {row['daskfeed']:,.0f} patches/s, decoded {row['amplification_measured']:.3f}x")
-    del ds, loader
+    measure_daskfeed(row, path, budget, knobs, total, {"x": nbytes - labels.nbytes, "y": labels.nbytes}, "patches")
 
     z = zarr.open_array(path + "/x", mode="r")
     image = xr.DataArray(da.from_zarr(z), dims=("image", "h", "w", "c"))

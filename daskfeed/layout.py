@@ -302,14 +302,26 @@ def _decide(s: _Setting, options: LoaderOptions, budget: int, mixed: bool | str)
     return None
 
 
-def _layout(s: _Setting, held: list[ArraySpec], windowed: list[ArraySpec], **decided: Any) -> Layout:
+def _layout(
+    s: _Setting,
+    held: list[ArraySpec],
+    windowed: list[ArraySpec],
+    *,
+    bounds: np.ndarray | None = None,
+    chunks: np.ndarray | None = None,
+    served_rows: int | None = None,
+    **decided: Any,
+) -> Layout:
+    """The :class:`Layout` of setting ``s``: its chunks as read units, or ``bounds`` / ``chunks`` (samples cut by
+    ``window=``), serving ``served_rows`` rows of every array per epoch (the shard's samples by default)."""
     return Layout(
         unit_array=s.unit.name if s.unit else None,
-        chunk_bounds=s.bounds,
-        shard_chunks=s.chunks,
+        chunk_bounds=s.bounds if bounds is None else bounds,
+        shard_chunks=s.chunks if chunks is None else chunks,
         held=tuple(a.name for a in held),
         windowed=tuple(a.name for a in windowed),
-        served_per_epoch=s.n_shard * sum(a.bytes_per_sample for a in (*held, *windowed)),
+        served_per_epoch=(s.n_shard if served_rows is None else served_rows)
+        * sum(a.bytes_per_sample for a in (*held, *windowed)),
         **decided,
     )
 
@@ -491,15 +503,15 @@ def _decide_samples(ss: _Samples, options: LoaderOptions, budget: int, mixed: bo
 
 
 def _samples_layout(ss: _Samples, held: list[ArraySpec], windowed: list[ArraySpec], **decided: Any) -> Layout:
-    s, u = ss.s, ss.u
+    u = ss.u
     rows = RowMap.of(u.lo[ss.chunks], u.hi[ss.chunks]).rows
-    return Layout(
-        unit_array=s.unit.name if s.unit else None,
-        chunk_bounds=u.sample_bounds,
-        shard_chunks=ss.chunks,
-        held=tuple(a.name for a in held),
-        windowed=tuple(a.name for a in windowed),
-        served_per_epoch=rows * sum(a.bytes_per_sample for a in (*held, *windowed)),
+    return _layout(
+        ss.s,
+        held,
+        windowed,
+        bounds=u.sample_bounds,
+        chunks=ss.chunks,
+        served_rows=rows,
         geometry=ss.g,
         sample_units=u,
         **decided,

@@ -77,3 +77,17 @@ def http_root(tmp_path):
     server.shutdown()
     server.server_close()
     thread.join()
+
+
+@pytest.fixture
+def quiet_layout_warnings():
+    """Tiny budgets and batches out of order on purpose (both warnings have tests of their own): ignore
+    ``LayoutWarning`` and ``OrderWarning``. Use with ``pytestmark = pytest.mark.usefixtures(...)``."""
+    import warnings
+
+    import daskfeed
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", daskfeed.LayoutWarning)
+        warnings.simplefilter("ignore", daskfeed.OrderWarning)
+        yield

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import collections
 import re
 import threading
 import time
@@ -17,6 +16,7 @@ import numpy as np
 import pytest
 import zarr
 from conftest import join_daskfeed_threads
+from test_loader import CountingStore
 from zarr.abc.codec import BytesBytesCodec
 from zarr.codecs import BloscCodec, BytesCodec, Crc32cCodec, GzipCodec, TransposeCodec, ZstdCodec
 
@@ -112,22 +112,6 @@ def test_chunks_decoded_by_daskfeed_equal_zarrs_own_read(tmp_path, case):
         got, stats = served_in_storage_order(x, ids, **knobs)
         np.testing.assert_array_equal(got, expected, err_msg=str(knobs))
         assert stats["resident"] == (knobs["memory_budget"] == "64MB")
-
-
-class CountingStore(zarr.storage.WrapperStore):
-    """A real LocalStore that counts the reads of each chunk key."""
-
-    def __init__(self, store, counts=None):
-        super().__init__(store)
-        self.counts = collections.Counter() if counts is None else counts
-
-    def _with_store(self, store):
-        return type(self)(store, self.counts)
-
-    async def get(self, key, prototype, byte_range=None):
-        if key.startswith("c/"):
-            self.counts[key] += 1
-        return await self._store.get(key, prototype, byte_range)
 
 
 def test_the_self_check_reads_no_chunk_again(tmp_path):

@@ -18,13 +18,7 @@ import daskfeed
 from daskfeed.layout import SLOTS
 from daskfeed.samples import RowMap, hold
 
-
-@pytest.fixture(autouse=True)
-def _quiet_warnings():
-    with warnings.catch_warnings():  # tiny budgets and batches out of order on purpose: both warnings have tests
-        warnings.simplefilter("ignore", daskfeed.LayoutWarning)
-        warnings.simplefilter("ignore", daskfeed.OrderWarning)
-        yield
+pytestmark = pytest.mark.usefixtures("quiet_layout_warnings")
 
 
 @pytest.fixture(scope="module")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import warnings
 
 import numpy as np
 import pytest
@@ -11,13 +10,7 @@ import zarr
 
 import daskfeed
 
-
-@pytest.fixture(autouse=True)
-def _quiet_warnings():
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", daskfeed.LayoutWarning)
-        warnings.simplefilter("ignore", daskfeed.OrderWarning)
-        yield
+pytestmark = pytest.mark.usefixtures("quiet_layout_warnings")
 
 
 @pytest.fixture(scope="module")

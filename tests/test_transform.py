@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import threading
-import warnings
 
 import dask.array as da
 import numpy as np
@@ -12,13 +11,7 @@ from conftest import write_store
 
 import daskfeed
 
-
-@pytest.fixture(autouse=True)
-def _quiet_warnings():
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", daskfeed.LayoutWarning)
-        warnings.simplefilter("ignore", daskfeed.OrderWarning)
-        yield
+pytestmark = pytest.mark.usefixtures("quiet_layout_warnings")
 
 
 @pytest.fixture(scope="module")
