@@ -51,7 +51,7 @@ def graph_count(ds, leaf: int = 0) -> tuple[int, float]:
 
 def epoch_decode(ds) -> tuple[int, float]:
     """One more pass over a daskfeed dataset: the bytes its loader decoded during it, and the seconds."""
-    loader = ds._daskfeed_loader
+    loader = ds.loader
     before = loader.stats["bytes_decoded"]
     _, seconds = graph_count(ds)
     return loader.stats["bytes_decoded"] - before, seconds
@@ -82,7 +82,7 @@ def measure_daskfeed(row: dict, path: str, budget: int, knobs: dict, samples: in
     budget = fitting_budget(arrays["x"], arrays["y"], budget, **knobs)
     row["budget_mib"] = budget / 2**20
     ds = daskfeed.as_dataset(arrays["x"], arrays["y"], memory_budget=budget, **knobs)
-    loader = ds._daskfeed_loader
+    loader = ds.loader
     row["layout"] = loader.layout.describe()
     n0, first = graph_count(ds)
     decoded, later = epoch_decode(ds)

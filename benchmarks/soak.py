@@ -94,7 +94,7 @@ def soak_dropped(arrays: dict, loaders: int, budget: int) -> list[dict]:
                 loader[i]
         else:
             loader = daskfeed.as_dataset(arrays["x"], arrays["y"], **kwargs)
-            made.append(weakref.ref(loader._daskfeed_loader))
+            made.append(weakref.ref(loader.loader))
             loader.reduce(tf.constant(0, tf.int64), lambda n, b: n + tf.shape(b[1], tf.int64)[0])
         del loader
         rows.append({"door": door, "seconds": time.perf_counter() - started, **sample(process)})

@@ -1,12 +1,14 @@
-"""Every use of zarr's internals that daskfeed's own chunk decoding makes, each checked on a range of zarr versions.
+"""Every use of another library's internals that daskfeed makes, each checked on a range of versions.
 
-:mod:`daskfeed.decode` reads stored chunks on daskfeed's threads instead of zarr's one event-loop thread. That
-needs a few things zarr does not document as public API; they all live here, so a new zarr release is checked in
-one file. Each use says which zarr releases it was checked on and what replaces it when it changes. A use that
+zarr: :mod:`daskfeed.decode` reads stored chunks on daskfeed's threads instead of zarr's one event-loop thread.
+That needs a few things zarr does not document as public API. dask, Keras, TensorFlow and Python's ``warnings``:
+one use each, below their own heading. They all live here, so a new release of any of them is checked in one
+file. Each use says which releases it was checked on and what replaces it when it changes. A zarr use that
 fails raises :class:`Unavailable`, whose message says why; the decode module then warns and reads through zarr.
 
 Checked (tests/test_decode.py) on zarr 3.1.6 (the newest zarr for Python 3.11), 3.2.0, 3.2.1, 3.3.0, 3.4.0, 3.4.1
 and 3.4.2, with numpy 2.0, 2.4 and 2.5. zarr 3.1.0 - 3.1.5 lack the synchronous codec decode: read through zarr.
+The others: dask 2026.8.0, Keras 3.15.1, TensorFlow 2.20 (what CI installs), Python 3.11 - 3.13.
 """
 
 from __future__ import annotations
@@ -18,14 +20,20 @@ from typing import Any
 
 __all__ = [
     "CHECKED_ZARR",
+    "TF_ERROR_FILES",
+    "KerasBackupSaved",
     "Unavailable",
     "buffer_prototype",
     "chunk_key_encoder",
     "codec_chain",
+    "dask_keys",
+    "dask_threaded_get",
     "decode_sync",
+    "from_zarr_array",
     "local_root",
     "regular_grid",
     "run_on_zarr_loop",
+    "show_warning",
     "v2_codecs",
     "zarr_version",
 ]
@@ -184,3 +192,86 @@ def run_on_zarr_loop(coroutine: Coroutine) -> Any:
     from zarr.core.sync import sync
 
     return sync(coroutine)
+
+
+# -- dask ---------------------------------------------------------------------------------------------------
+
+
+def dask_threaded_get(submit: Callable, threads: int, graph: dict, keys: list) -> Any:
+    """Compute ``keys`` of ``graph`` on daskfeed's own thread pool (``submit``, ``threads`` of them).
+
+    ``dask.local.get_async`` with ``dask.threaded.pack_exception``: what ``dask.threaded.get`` runs on its own
+    pool, given daskfeed's, so reads stop with the loader and a forked child makes its own. Documented by dask
+    only as the engine of its local schedulers. Checked on dask 2024.1 - 2026.8. When it changes: a
+    ``concurrent.futures`` executor passed as ``dask.compute(..., scheduler=pool)`` does the same, a little slower
+    (it cannot be told the pool's size)."""
+    import dask.local
+    import dask.threaded
+
+    return dask.local.get_async(submit, threads, graph, keys, pack_exception=dask.threaded.pack_exception)
+
+
+def dask_keys(array: Any) -> list:
+    """The keys of a dask array's blocks, flat, in C order (``dask.core.flatten`` of ``__dask_keys__()``).
+    Checked on dask 2024.1 - 2026.8; when it goes, a recursive flatten of the nested lists does the same."""
+    from dask.core import flatten
+
+    return list(flatten(array.__dask_keys__()))
+
+
+def from_zarr_array(array: Any) -> Any | None:
+    """The zarr array of a graph ``da.from_zarr`` made, or None: two layers, the getters and a one-key layer
+    named ``original-from-zarr-...`` that holds the zarr array (dask's layer names are not API). Checked on dask
+    2024.1 - 2026.8. When it changes, this returns None and such arrays are read through dask, as any other
+    (correct, slower): :func:`daskfeed.open_zarr` does not depend on it."""
+    import numpy as np
+    import zarr
+
+    layers = array.dask.layers
+    held = [
+        value
+        for name, layer in layers.items()
+        if name.startswith("original-from-zarr-") and len(layer) == 1
+        for value in layer.values()
+    ]
+    if len(layers) != 2 or len(held) != 1 or not isinstance(held[0], zarr.Array):
+        return None
+    z = held[0]
+    return z if tuple(z.shape) == tuple(array.shape) and np.dtype(z.dtype) == array.dtype else None
+
+
+# -- Keras --------------------------------------------------------------------------------------------------
+
+
+class KerasBackupSaved:
+    """Mixed into a subclass of ``keras.callbacks.BackupAndRestore``: calls ``self.saved()`` each time Keras has
+    written its backup of the model (its private ``_save_model``, which every save goes through: at
+    ``save_freq`` batches and at each epoch's end). Checked on Keras 3.0 - 3.15. When it changes, the test of a
+    killed and restarted fit (tests/test_frontends.py) fails: save in ``on_train_batch_end`` after calling
+    Keras's, with the same ``save_freq`` count."""
+
+    def _save_model(self) -> None:
+        super()._save_model()  # type: ignore[misc]
+        self.saved()  # type: ignore[attr-defined]
+
+
+# -- TensorFlow ---------------------------------------------------------------------------------------------
+
+#: The files of TensorFlow's error classes (``tensorflow/python/framework/errors_impl.py``, re-exported from
+#: ``errors.py``): their constructors run when TensorFlow's C++ turns a failed op into a Python error, where a
+#: KeyboardInterrupt must not be raised (see :mod:`daskfeed.interrupts`). Checked on TensorFlow 2.16 - 2.20.
+#: When they move, a Ctrl-C while ``fit`` waits for a stuck read ends as pybind11's ``MISMATCH`` error; the
+#: Ctrl-C tests of tests/test_frontends.py say so.
+TF_ERROR_FILES = ("errors_impl.py", "errors.py")
+
+
+# -- Python -------------------------------------------------------------------------------------------------
+
+
+def show_warning(message: Any, category: type, *args: Any, **kwargs: Any) -> None:
+    """Show a warning as Python's own ``warnings.showwarning`` does, from a replacement of it (which must not
+    call the current one: itself). ``warnings._showwarnmsg_impl``, Python 3.6 - 3.13; when it goes,
+    ``sys.stderr.write(warnings.formatwarning(message, category, filename, lineno, line))`` does the same."""
+    import warnings
+
+    warnings._showwarnmsg_impl(warnings.WarningMessage(message, category, *args, **kwargs))  # type: ignore[attr-defined]

@@ -12,7 +12,6 @@ from typing import Any
 
 import numpy as np
 
-from daskfeed import heap
 from daskfeed.errors import DaskfeedError, OrderWarning, warn
 from daskfeed.interrupts import Interrupts
 from daskfeed.layout import SLOTS
@@ -204,7 +203,6 @@ class WindowCache:
         A window is pinned only while its rows are copied, and a batch never waits for a window while it
         holds another, so concurrent callers cannot deadlock over the slots.
         """
-        heap.keep_buffers_in_heap()  # before the batch's buffers: TensorFlow may have pinned the threshold low
         start, stop = plan.batch_span(first)[0], plan.batch_span(last - 1)[1]
         out = [np.empty((stop - start, *leaf.sample_shape), leaf.dtype) for leaf in leaves]
         for w in plan.windows_of(start, stop):

@@ -14,6 +14,7 @@ from typing import Any
 
 from dask.utils import format_bytes
 
+from daskfeed._compat import show_warning
 from daskfeed._ingest import COMPRESSIONS, DEFAULT_CHUNK_BYTES, DEFAULT_INGEST_MEMORY, stopped_message
 from daskfeed.errors import DaskfeedError, DaskfeedWarning, DiskFullError
 from daskfeed.options import DEFAULT_MEMORY_BUDGET, parse_bytes
@@ -273,7 +274,7 @@ def _show_warning(command: str, message: Warning | str, category: type, *args: A
     if issubclass(category, DaskfeedWarning):
         print(f"daskfeed {command}: warning: {message}", file=sys.stderr)
     else:
-        warnings._showwarnmsg_impl(warnings.WarningMessage(message, category, *args, **kwargs))  # type: ignore
+        show_warning(message, category, *args, **kwargs)
 
 
 if __name__ == "__main__":

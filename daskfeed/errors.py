@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import inspect
 import os
-import sys
 import warnings
 
 __all__ = [
@@ -98,7 +98,7 @@ _PACKAGE = os.path.dirname(os.path.abspath(__file__))
 
 def warn(message: str, category: type[DaskfeedWarning]) -> None:
     """Warn so that the warning points at the first line outside daskfeed (and outside ``threading``)."""
-    frame, level = sys._getframe(1), 2  # level 1 would be this function
+    frame, level = inspect.currentframe().f_back, 2  # level 1 would be this function
     while frame is not None and (
         frame.f_code.co_filename.startswith(_PACKAGE) or frame.f_code.co_filename.endswith("threading.py")
     ):

@@ -9,18 +9,18 @@ which raises it up to 32 MiB as large buffers are freed. From then on every buff
 batches. Measured on 3 MB chunks: 1.6 million page faults per 1M-sample epoch, the reading threads using 3x
 the CPU for the same work, ``as_dataset`` at 218k samples/s where it serves 462k with the threshold set back.
 
-So daskfeed sets the threshold to 8 MiB (and the trim threshold to twice that, as glibc's rule does) each
-time it reads a window or cuts batches while TensorFlow is imported. Chunk buffers, decoded chunks and batches
-are then reused from the heap, as in a process without TensorFlow; numpy arrays of 8 MiB and more (windows,
-tf.data's blocks) stay ``mmap``-ed, fault in 2 MiB huge pages (numpy asks for them) and go back to the system
-when dropped. At 32 MiB, glibc's own ceiling, ``as_dataset`` was no faster (459k against 475k samples/s), and
-the soak run's RSS grew 124 MB over 50 epochs (855 -> 979 MB, in steps), where at 8 MiB it stayed flat (798 ->
-819 MB, +0.04 MB per epoch after the fifth; with TensorFlow's 128 KiB, 740 -> 739 MB). The environment
-variable ``DASKFEED_MMAP_THRESHOLD`` sets another value in bytes (at most 32 MiB, the most ``mallopt`` takes),
-or ``0`` to leave glibc as it is; so does setting glibc's own ``MALLOC_MMAP_THRESHOLD_`` (or its
-``GLIBC_TUNABLES`` form). A trim threshold set in the environment (``MALLOC_TRIM_THRESHOLD_``, which dask's
-nanny sets for its workers) is left as set.
-"""
+So daskfeed sets the threshold to 8 MiB (and the trim threshold to twice that, as glibc's rule does) where
+TensorFlow pins it, once per epoch: when ``as_dataset``'s generator starts an epoch (TensorFlow made that
+iterator's op just before), and at the first batch Keras asks of a ``Sequence`` after each epoch began. Chunk
+buffers, decoded chunks and batches are then reused from the heap, as in a process without TensorFlow; numpy arrays
+of 8 MiB and more (windows, tf.data's blocks) stay ``mmap``-ed, fault in 2 MiB huge pages (numpy asks for them) and
+go back to the system when dropped. At 32 MiB, glibc's own ceiling, ``as_dataset`` was no faster (459k against 475k
+samples/s), and the soak run's RSS grew 124 MB over 50 epochs (855 -> 979 MB, in steps), where at 8 MiB it stayed
+flat (798 -> 819 MB, +0.04 MB per epoch after the fifth; with TensorFlow's 128 KiB, 740 -> 739 MB). The environment
+variable ``DASKFEED_MMAP_THRESHOLD`` sets another value in bytes (at most 32 MiB, the most ``mallopt`` takes), or
+``0`` to leave glibc as it is; so does setting glibc's own ``MALLOC_MMAP_THRESHOLD_`` (or its ``GLIBC_TUNABLES``
+form). A trim threshold set in the environment (``MALLOC_TRIM_THRESHOLD_``, which dask's nanny sets for its
+workers) is left as set."""
 
 from __future__ import annotations
 
@@ -95,7 +95,7 @@ _trim = True  # whether to set the trim threshold too (not when the user's envir
 
 def keep_buffers_in_heap() -> bool:
     """Set glibc's mmap threshold (see the module's docs) when TensorFlow is imported, so may have pinned it.
-    Cheap enough to call per batch. Returns whether it was set."""
+    Called by the doors once per epoch, after TensorFlow's op. Returns whether it was set."""
     value = _threshold
     if _MALLOPT is None or value == 0 or "tensorflow" not in sys.modules:
         return False

@@ -16,7 +16,7 @@ from typing import Any
 import dask.array as da
 import numpy as np
 
-from daskfeed._compat import run_on_zarr_loop
+from daskfeed._compat import from_zarr_array, run_on_zarr_loop
 from daskfeed.errors import DaskfeedWarning, InputError, InputTypeError, StoreError, warn
 
 __all__ = [
@@ -62,25 +62,8 @@ def zarr_behind(array: da.Array) -> Any | None:
     of a zarr array (any chunks, array not inlined); else None."""
     found = _ZARR_BY_NAME.get(array.name)
     if found is None and array.name.startswith("from-zarr-"):
-        found = _from_zarr_graph(array)
+        found = from_zarr_array(array)
     return found
-
-
-def _from_zarr_graph(array: da.Array) -> Any | None:
-    """The zarr array of a graph ``da.from_zarr`` made: a layer of getters and the one-key layer that holds it."""
-    import zarr
-
-    layers = array.dask.layers
-    held = [
-        value
-        for name, layer in layers.items()
-        if name.startswith("original-from-zarr-") and len(layer) == 1
-        for value in layer.values()
-    ]
-    if len(layers) != 2 or len(held) != 1 or not isinstance(held[0], zarr.Array):
-        return None
-    z = held[0]
-    return z if tuple(z.shape) == tuple(array.shape) and np.dtype(z.dtype) == array.dtype else None
 
 
 #: Seconds one chunk read from a store that is not a local directory may take, retries included, before it fails;

@@ -1,4 +1,10 @@
-"""Ctrl-C for threads that wait on the user's behalf while the main thread is held in a TensorFlow op."""
+"""Ctrl-C for threads that wait on the user's behalf while the main thread is held in a TensorFlow op.
+
+A guest in the user's process: what daskfeed installs here (a SIGINT handler, Python's wakeup fd) is installed
+only while a loader is open, only where nothing else was installed (Python's own Ctrl-C handler, no wakeup fd),
+and put back when the last loader closes or is collected. Nothing here looks at another thread's frames,
+sends a signal to a thread, or changes the profiler or tracer the user runs.
+"""
 
 from __future__ import annotations
 
@@ -11,11 +17,11 @@ import signal
 import socket
 import sys
 import threading
-import time
 import weakref
 from collections.abc import Iterator
 from typing import Any, ClassVar
 
+from daskfeed._compat import TF_ERROR_FILES
 from daskfeed.errors import DaskfeedError
 
 __all__ = ["Interrupts"]
@@ -25,19 +31,38 @@ EXIT_WAIT_S = 5.0
 
 #: Calls that make an exception object, during which a KeyboardInterrupt must not be raised.
 _MAKING_AN_ERROR = ("__init__", "__new__", "__str__", "__repr__", "__instancecheck__", "__subclasscheck__")
-_ERROR_MODULES = ("errors_impl.py", "errors.py")
-#: Calls that clean up, which an exception raised on entry would skip (a ``with`` block's exit left undone
-#: leaves TensorFlow's gradient tape stopped: the next ``fit`` then finds no gradients).
+#: How many frames out from the one running the error's making is looked at (its constructor's helpers).
+_ERROR_DEPTH = 4
+#: Calls that clean up, which an exception raised in them would cut short (a ``with`` block's exit left
+#: undone leaves TensorFlow's gradient tape stopped: the next ``fit`` then finds no gradients).
 _CLEANING_UP = ("__exit__", "__aexit__", "__enter__", "__del__", "close")
 #: Generators and coroutines, resumed by contextlib and await: raising on resume is raising in their cleanup.
 _RESUMED = inspect.CO_GENERATOR | inspect.CO_COROUTINE | inspect.CO_ASYNC_GENERATOR
-#: The main thread's innermost Python function while it waits in a TensorFlow call: a ``tf.function`` (a fit
-#: step) or ``next`` on a dataset's iterator.
-_TENSORFLOW_WAITS = ("quick_execute", "iterator_get_next")
-#: How long the main thread must sit in one such call before a tf.data thread's error is handed to it...
-HAND_OVER_S = 1.0
-#: ...and how long the failing thread looks for that before letting TensorFlow report the error its way.
-HAND_OVER_GIVE_UP_S = 5.0
+
+
+def _safe_to_raise(frame: Any) -> bool:
+    """Whether a KeyboardInterrupt raised in ``frame`` (the main thread's, handed to its own signal handler)
+    reaches the code that runs ``fit`` whole: not while TensorFlow's C++ is making its error (it calls the
+    error's constructor, and an exception raised there ends as pybind11's ``error_already_set: MISMATCH``), not
+    in a cleanup it would cut short, not in a generator resumed by one."""
+    if frame is None:  # called from C, not between two Python instructions
+        return False
+    code = frame.f_code
+    if code.co_name in _CLEANING_UP or code.co_filename.endswith("contextlib.py"):
+        return False
+    caller = frame.f_back
+    if code.co_flags & _RESUMED and (
+        caller is None or caller.f_code.co_name in _CLEANING_UP or caller.f_code.co_filename.endswith("contextlib.py")
+    ):
+        return False  # a generator resumed to clean up (a @contextmanager's exit)
+    for _ in range(_ERROR_DEPTH):
+        if frame is None:
+            break
+        code = frame.f_code
+        if code.co_name in _MAKING_AN_ERROR or code.co_filename.endswith(TF_ERROR_FILES):
+            return False
+        frame = frame.f_back
+    return True
 
 
 class Interrupts:
@@ -47,146 +72,128 @@ class Interrupts:
     daskfeed thread (tf.data's) is computing; Python runs the SIGINT handler only when the main thread runs
     Python again, so Ctrl-C would wait for the read. Python also writes every signal's number to the
     *wakeup fd* the moment it arrives, from C: when no one else uses that fd (asyncio does, in the main thread
-    of an event loop), daskfeed points it at a socket of its own and the waiting threads read it. A wait that
-    began before the latest Ctrl-C then fails, TensorFlow returns, and Python raises ``KeyboardInterrupt``.
+    of an event loop), daskfeed points it at a socket of its own while a loader is open, and the waiting
+    threads read it. A wait that began before the latest Ctrl-C then fails with ``KeyboardInterrupt("Ctrl-C
+    while a batch was being read")``, and TensorFlow returns.
+
+    When Ctrl-C has Python's own handler, daskfeed's takes its place while a loader is open: Python's
+    ``KeyboardInterrupt``, except in one place. When a waiting thread has failed the batch TensorFlow waits
+    for, TensorFlow turns that failure into its own error in C++ that runs a little Python (the error's
+    constructor), and the main thread's handler runs there: a KeyboardInterrupt raised there would end as
+    pybind11's ``error_already_set: MISMATCH``. The handler looks at the frame Python hands it (the main
+    thread's own, :func:`_safe_to_raise`) and there raises nothing: the press is carried by TensorFlow's error
+    (``tf.errors.UnknownError`` whose text ends ``KeyboardInterrupt: Ctrl-C while a batch was being read``),
+    which ends ``fit`` at once. A handler the user installed is never replaced: Ctrl-C still fails the waits,
+    and the user's handler does the rest.
     """
 
     _lock = threading.Lock()
     _reader: socket.socket | None = None
+    _writer: socket.socket | None = None
     _seen = 0  # Ctrl-C presses read off the socket so far
     _handled = 0  # Ctrl-C presses whose handler has run in the main thread (when the handler is daskfeed's)
     _ours = False  # whether daskfeed's handler is installed
-    _ignored = False  # whether the process ignored Ctrl-C (SIG_IGN) when daskfeed's handler replaced that
     _deferred = 0  # presses whose KeyboardInterrupt waits until TensorFlow's error is out of its C++ code
     _changed = threading.Condition(_lock)
     _waiting = 0  # threads inside :meth:`waiting`
     _exiting = False
     _off_main = False  # whether a thread other than the main one ever waited for a batch
-    _handed: BaseException | None = None  # an error a tf.data thread handed to the main thread
-    _owners: ClassVar[weakref.WeakSet] = weakref.WeakSet()  # loaders that handed an error over (once each)
-    _sent = 0  # SIGINTs sent by :meth:`hand_to_main` whose byte on the wakeup fd is not read yet
+    _open: ClassVar[weakref.WeakSet] = weakref.WeakSet()  # loaders not closed yet
+
+    # -- a loader's life ------------------------------------------------------------------------------
 
     @classmethod
-    def install(cls) -> None:
-        """Point the wakeup fd at daskfeed's socket, from the main thread, if no one else uses it."""
+    def opened(cls, owner: object) -> None:
+        """A loader was made: install daskfeed's wakeup fd and handler if it is the first one open (from the
+        main thread only, where Python allows it); they are put back once every open loader is closed or
+        collected."""
+        with cls._lock:
+            cls._open.add(owner)
+        weakref.finalize(owner, cls._settle)
+        cls._settle()
+
+    @classmethod
+    def closed(cls, owner: object) -> None:
+        """A loader was closed: when it was the last one open, put back what :meth:`opened` installed."""
+        with cls._lock:
+            cls._open.discard(owner)
+        cls._settle()
+
+    @classmethod
+    def _settle(cls) -> None:
+        """Installed while a loader is open, put back when none is. Only the main thread can change either,
+        so a loader closed or collected in another thread is settled by the next call in the main thread
+        (another loader's, or Python's exit)."""
         if threading.current_thread() is not threading.main_thread():
             return
         with cls._lock:
-            if cls._reader is not None:
-                return
-            reader, writer = socket.socketpair()
-            reader.setblocking(False)
-            writer.setblocking(False)
-            try:
-                previous = signal.set_wakeup_fd(writer.fileno(), warn_on_full_buffer=False)
-            except (ValueError, OSError):  # not the main thread of the main interpreter
-                reader.close()
-                writer.close()
-                return
-            if previous != -1:  # someone else's (an event loop's): leave it to them
+            wanted = any(True for _ in cls._open) and not cls._exiting  # a loader being collected is not
+            if wanted and cls._reader is None:
+                cls._install()
+            elif not wanted and cls._reader is not None:
+                cls._uninstall()
+
+    @classmethod
+    def _install(cls) -> None:
+        reader, writer = socket.socketpair()
+        reader.setblocking(False)
+        writer.setblocking(False)
+        try:
+            previous = signal.set_wakeup_fd(writer.fileno(), warn_on_full_buffer=False)
+        except (ValueError, OSError):  # not the main thread of the main interpreter
+            reader.close()
+            writer.close()
+            return
+        if previous != -1:  # someone else's (an event loop's): leave it to them
+            signal.set_wakeup_fd(previous)
+            reader.close()
+            writer.close()
+            return
+        cls._reader, cls._writer = reader, writer
+        cls._deferred = 0
+        cls._handled = cls._seen
+        # Only Python's own handler is replaced; a process started with Ctrl-C ignored (SIG_IGN: ``nohup ...
+        # &``, a batch system) or a handler of the user's is left as it is.
+        if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+            signal.signal(signal.SIGINT, cls._on_sigint)
+            cls._ours = True
+
+    @classmethod
+    def _uninstall(cls) -> None:
+        if cls._ours:
+            cls._ours = False
+            if signal.getsignal(signal.SIGINT) == cls._on_sigint:  # not replaced since: put Python's back
+                signal.signal(signal.SIGINT, signal.default_int_handler)
+        reader, writer = cls._reader, cls._writer
+        with contextlib.suppress(ValueError, OSError):
+            previous = signal.set_wakeup_fd(-1)
+            if writer is not None and previous != writer.fileno():
+                # Someone else's since, who may put ours back when they finish: theirs stays, ours stays open.
                 signal.set_wakeup_fd(previous)
-                reader.close()
-                writer.close()
                 return
-            cls._reader, cls._writer = reader, writer
-            handler = signal.getsignal(signal.SIGINT)
-            # A process started with Ctrl-C ignored (``nohup ... &``, a batch system) keeps ignoring presses;
-            # daskfeed's handler is there only to carry a tf.data thread's error (:meth:`hand_to_main`).
-            if handler is signal.default_int_handler or handler == signal.SIG_IGN:
-                cls._ignored = handler == signal.SIG_IGN
-                signal.signal(signal.SIGINT, cls._on_sigint)
-                cls._ours = True
+        cls._drain()
+        cls._reader = cls._writer = None
+        if reader is not None:
+            reader.close()
+        if writer is not None:
+            writer.close()
+
+    # -- Ctrl-C ---------------------------------------------------------------------------------------
 
     @classmethod
-    def _on_sigint(cls, signum: int, frame: object) -> None:
-        """Python's own Ctrl-C, except when a waiting thread has just failed the batch TensorFlow waits for:
-        TensorFlow is then turning that failure into a Python error, in C++ that runs a little Python (the
-        error's constructor), and an exception raised there ends as pybind11's ``error_already_set:
-        MISMATCH``. So the KeyboardInterrupt is raised by the first Python call in this thread that is not part
-        of making the error: where Keras or the user's code handles it. The same carries a daskfeed error that
-        a tf.data thread handed over (:meth:`hand_to_main`) to the main thread, in place of TensorFlow's copy."""
+    def _on_sigint(cls, signum: int, frame: Any) -> None:
+        """Python's own Ctrl-C, except in the one place it would break TensorFlow (see the class's docs)."""
         with cls._lock:
-            handed, cls._handed = cls._handed, None
-            if handed is None and cls._ignored:
-                return  # a Ctrl-C press, in a process that ignores them
-            cls._handled += handed is None
-            deferred = handed is None and cls._deferred > 0
-            if deferred:
-                cls._deferred -= 1
-        if handed is None and not deferred:
-            signal.default_int_handler(signum, frame)
-            return
-        error = handed if handed is not None else KeyboardInterrupt()
-
-        def raise_soon(frame: Any, event: str, arg: Any) -> None:
-            code = frame.f_code
-            if (
-                event != "call"
-                or code.co_name in _MAKING_AN_ERROR + _CLEANING_UP
-                or code.co_flags & _RESUMED
-                or code.co_filename.endswith((*_ERROR_MODULES, "contextlib.py"))
-            ):
-                return
-            sys.setprofile(None)
-            raise error
-
-        sys.setprofile(raise_soon)
-
-    @classmethod
-    def hand_to_main(cls, error: BaseException, owner: object) -> None:
-        """Make the main thread raise ``error`` itself, once it waits in TensorFlow for what failed with it.
-
-        A tf.data thread (``as_dataset``, or Keras's for ``as_sequence``) that raises ``error`` reaches the
-        main thread as ``tensorflow.errors.UnknownError`` holding only its text, which ``except
-        daskfeed.ChunkReadError`` does not catch. So the failing thread holds on to ``error`` until the main
-        thread has sat in one TensorFlow call (``fit``'s step, ``next`` on an iterator) for
-        :data:`HAND_OVER_S`: with this thread holding back, tf.data's buffers run dry and that call waits
-        for it. It then sends the main thread a SIGINT that carries ``error``, raised where the main thread
-        next calls Python, as for Ctrl-C. If that does not happen within :data:`HAND_OVER_GIVE_UP_S` (the
-        consumer is another thread), or daskfeed does not handle Ctrl-C here, nothing changes. Each ``owner``
-        (a loader) hands over its first error only: the calls tf.data makes after it fail too, and must not
-        reach a later ``fit``.
-        """
-        main = threading.main_thread()
-        if threading.current_thread() is main or cls._reader is None:
-            return
-        if signal.getsignal(signal.SIGINT) != cls._on_sigint:
-            return
-        with cls._lock:
-            if owner in cls._owners:
-                return
-            cls._owners.add(owner)
-        if not cls._main_waits_in_tensorflow(main.ident):
-            return
-        with cls._lock:
-            if cls._handed is not None:
-                return
-            cls._handed = error
-            cls._sent += 1
-        signal.pthread_kill(main.ident, signal.SIGINT)
-
-    @staticmethod
-    def _main_waits_in_tensorflow(ident: int) -> bool:
-        """Whether the main thread stays in one TensorFlow call for HAND_OVER_S (checked for at most
-        HAND_OVER_GIVE_UP_S)."""
-        deadline = time.monotonic() + HAND_OVER_GIVE_UP_S
-        since, seen = time.monotonic(), None
-        while time.monotonic() < deadline:
-            frame = sys._current_frames().get(ident)
-            here = None if frame is None else (frame, frame.f_lasti)
-            if frame is None or frame.f_code.co_name not in _TENSORFLOW_WAITS:
-                here = None
-            if here is None or here != seen:
-                since, seen = time.monotonic(), here
-            elif time.monotonic() - since >= HAND_OVER_S:
-                return True
-            time.sleep(0.05)
-        return False
+            cls._handled += 1
+            carried, cls._deferred = cls._deferred > 0, 0
+        if carried and not _safe_to_raise(frame):
+            return  # TensorFlow's error, on its way out, says "KeyboardInterrupt: Ctrl-C while a batch was being read"
+        signal.default_int_handler(signum, frame)
 
     @classmethod
     def fail_wait(cls) -> KeyboardInterrupt:
         """The error a waiting thread raises for a Ctrl-C; the main thread's KeyboardInterrupt follows it."""
-        if threading.current_thread() is not threading.main_thread():
+        if cls._ours and threading.current_thread() is not threading.main_thread():
             with cls._lock:
                 cls._deferred += 1
         return KeyboardInterrupt("Ctrl-C while a batch was being read")
@@ -226,6 +233,32 @@ class Interrupts:
             raise cls.fail_wait()
 
     @classmethod
+    def count(cls) -> int:
+        """How many times Ctrl-C was pressed while daskfeed's wakeup fd was installed."""
+        if cls._reader is None:
+            return cls._seen
+        with cls._lock:
+            cls._drain()
+            return cls._seen
+
+    @classmethod
+    def _drain(cls) -> None:
+        """Count the presses written to the socket (under the lock)."""
+        reader = cls._reader
+        if reader is None:
+            return
+        try:
+            while True:
+                data = reader.recv(256)
+                if not data:
+                    break
+                cls._seen += data.count(bytes([signal.SIGINT]))
+        except (BlockingIOError, OSError):
+            pass
+
+    # -- exit -----------------------------------------------------------------------------------------
+
+    @classmethod
     def at_exit(cls) -> None:
         """Let TensorFlow's threads out of Python before the interpreter finalizes (registered with ``atexit``).
 
@@ -235,7 +268,7 @@ class Interrupts:
         wait for a batch is failed, exit waits for the waiting threads to leave, and, when batches were
         served to other threads, the iterators are destroyed now: the traceback Python keeps of the error
         that ended the program (``sys.last_*``, which holds ``fit``'s frames) is let go and a collection
-        runs, as TensorFlow's issue #21277 found works.
+        runs, as TensorFlow's issue #21277 found works. What daskfeed installed is put back.
         """
         with cls._lock:
             cls._exiting = True
@@ -244,37 +277,7 @@ class Interrupts:
         if off_main:
             sys.last_type = sys.last_value = sys.last_traceback = None
             gc.collect()
-        reader = cls._reader
-        if reader is not None and threading.current_thread() is threading.main_thread():
-            with contextlib.suppress(ValueError, OSError):
-                previous = signal.set_wakeup_fd(-1)
-                if previous != cls._writer.fileno():  # someone else's since: put theirs back, keep ours open
-                    signal.set_wakeup_fd(previous)
-                    return
-            cls._reader = None
-            reader.close()
-            cls._writer.close()
-
-    @classmethod
-    def count(cls) -> int:
-        """How many times Ctrl-C was pressed since :meth:`install` (0 when not installed)."""
-        reader = cls._reader
-        if reader is None:
-            return 0
-        with cls._lock:
-            try:
-                while True:
-                    data = reader.recv(256)
-                    if not data:
-                        break
-                    presses = data.count(bytes([signal.SIGINT]))
-                    ours = min(presses, cls._sent)  # signals :meth:`hand_to_main` sent are not Ctrl-C
-                    cls._sent -= ours
-                    if not cls._ignored:
-                        cls._seen += presses - ours
-            except (BlockingIOError, OSError):
-                pass
-            return cls._seen
+        cls._settle()
 
 
 atexit.register(Interrupts.at_exit)  # at import: it runs after the handlers registered later

@@ -10,8 +10,9 @@ from typing import Any
 import keras
 import numpy as np
 
-from daskfeed.errors import DaskfeedError, DaskfeedWarning, InputError, InputTypeError, warn
-from daskfeed.interrupts import Interrupts
+from daskfeed import heap
+from daskfeed._compat import KerasBackupSaved
+from daskfeed.errors import DaskfeedWarning, InputError, InputTypeError, warn
 from daskfeed.loader import Loader
 from daskfeed.options import DEFAULT_MEMORY_BUDGET, KNOBS, check_int
 
@@ -44,6 +45,7 @@ class Sequence(keras.utils.PyDataset):
         self._locks: dict[int, threading.Lock] = {}
         #: Which of the current epoch's batches were served (by Keras's index), and for which loader epoch.
         self._served_epoch = loader.epoch
+        self._heap_due = True  # set glibc's heap back at the first batch of each Keras epoch (see daskfeed.heap)
         self._served = bytearray(len(loader))
         self._left = len(loader)
         #: Batches of the loader's current epoch served before Keras's batch 0 (set by :meth:`restore`).
@@ -85,12 +87,12 @@ class Sequence(keras.utils.PyDataset):
                 self._served[index] = 1
                 self._left -= 1
             epoch = self.loader.epoch
+            heap_due, self._heap_due = self._heap_due, False
+        if heap_due:  # the first batch after Keras's epoch began: its from_generator op has pinned glibc's heap
+            heap.keep_buffers_in_heap()
         at = self._offset + index  # after a restore, Keras's epochs run on across the loader's epochs
-        try:
-            return self.loader.batch(at % n, epoch + at // n)
-        except DaskfeedError as err:  # Keras calls this from tf.data's thread: hand it to fit's thread
-            Interrupts.hand_to_main(err, self.loader)
-            raise
+        # An error is kept as self.loader.error: in fit, TensorFlow raises its own holding the text.
+        return self.loader.batch(at % n, epoch + at // n)
 
     @property
     def _lock(self) -> threading.Lock:
@@ -127,10 +129,12 @@ class Sequence(keras.utils.PyDataset):
     def on_epoch_begin(self) -> None:
         with self._lock:
             self._end_epoch_if_served()
+            self._heap_due = True
 
     def on_epoch_end(self) -> None:
         with self._lock:
             self._end_epoch_if_served()
+            self._heap_due = True
 
     def __getstate__(self) -> dict:
         state = self.__dict__.copy()
@@ -238,7 +242,7 @@ def as_sequence(
     return Sequence(loader, max_queue_size=max_queue_size)
 
 
-class BackupAndRestore(keras.callbacks.BackupAndRestore):
+class BackupAndRestore(KerasBackupSaved, keras.callbacks.BackupAndRestore):
     """``keras.callbacks.BackupAndRestore`` that also saves the place of a :class:`Sequence` and restores it, so
     a ``fit`` killed mid-epoch and started again goes on with exactly the batches the uninterrupted run
     would have served: none served twice, none skipped.
@@ -303,8 +307,9 @@ class BackupAndRestore(keras.callbacks.BackupAndRestore):
         if self._next >= self.params["epochs"] * len(self.sequence):
             self.model.stop_training = True  # as many batches as the uninterrupted run: done
 
-    def _save_model(self) -> None:
-        super()._save_model()  # the weights first: a kill between the two replays batches, never skips them
+    def saved(self) -> None:
+        """After Keras wrote its backup of the weights (the weights first: a kill between the two replays
+        batches, never skips them), write the place in the data beside it."""
         tmp = self._state_path + ".tmp"
         with open(tmp, "w") as f:
             json.dump(self.sequence.state_at(self._next), f)

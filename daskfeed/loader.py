@@ -168,7 +168,6 @@ class Loader:
         check_missing(zarrs, self.options.missing_chunks)
         #: Checked after each read, so that no batch mixes two versions of a store (one replaced under the loader).
         self._watch = StoreWatch(zarrs)
-        Interrupts.install()  # so that Ctrl-C reaches a batch that tf.data's thread waits for
         self._epoch = self._next_batch = 0
         first = EpochPlan(self.config, 0)
         if first.n_batches == 0:
@@ -187,6 +186,8 @@ class Loader:
                 f"({self.layout.describe()}; {self.layout.reason}). {self._advice()}",
                 LayoutWarning,
             )
+        self._error: DaskfeedError | None = None
+        Interrupts.opened(self)  # so that Ctrl-C reaches a batch that tf.data's thread waits for, until closed
 
     # -- public surface -------------------------------------------------------------------------------
 
@@ -226,6 +227,18 @@ class Loader:
     def epoch(self) -> int:
         """The current epoch; :meth:`set_epoch` moves it."""
         return self._epoch
+
+    @property
+    def error(self) -> DaskfeedError | None:
+        """The first error that stopped a batch of this loader (a :class:`daskfeed.ChunkReadError` naming the
+        array and chunk, a transform's error), or None.
+
+        In ``fit`` and in a loop over an ``as_dataset`` dataset the batch is made in a TensorFlow thread, and
+        TensorFlow raises its own ``tf.errors.UnknownError`` (or another ``OpError``) holding the text of this
+        one; the error itself, its type, attributes and cause, is here: ``seq.loader.error`` for
+        :func:`daskfeed.as_sequence`, ``ds.loader.error`` for :func:`daskfeed.as_dataset`.
+        """
+        return self._error
 
     @property
     def num_batches(self) -> int:
@@ -326,7 +339,11 @@ class Loader:
         if transform is None:
             return batch
         rng = transform_rng(self.options.seed, self.options.shard.index, epoch, index)
-        return apply_transform(transform, self.inputs.pack, self.inputs.structure, batch, rng, epoch, index)
+        try:
+            return apply_transform(transform, self.inputs.pack, self.inputs.structure, batch, rng, epoch, index)
+        except DaskfeedError as err:
+            self._keep(err)
+            raise
 
     def __iter__(self) -> Iterator[Any]:
         """The batches of the current epoch in order, then :meth:`set_epoch` to the next one.
@@ -418,6 +435,7 @@ class Loader:
         A closed loader serves no more batches: asking for one raises :class:`daskfeed.DaskfeedError`.
         """
         self._closed = True
+        Interrupts.closed(self)
         self._scheduler.close()
         runtime, self._runtime = self._runtime, None
         if runtime is not None:
@@ -483,7 +501,16 @@ class Loader:
         return runtime
 
     def _fill(self, plan: EpochPlan, first: int, last: int) -> list[np.ndarray]:
-        return self._live().cache.take(plan, first, last, self.served)
+        try:
+            return self._live().cache.take(plan, first, last, self.served)
+        except DaskfeedError as err:
+            self._keep(err)
+            raise
+
+    def _keep(self, err: DaskfeedError) -> None:
+        """Note the first error that stopped a batch (see :attr:`error`)."""
+        if self._error is None:
+            self._error = err
 
     def _forget(self, epoch: int) -> None:
         runtime = self._runtime

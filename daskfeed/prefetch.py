@@ -19,10 +19,9 @@ from typing import Any, NamedTuple
 import dask
 import dask.array as da
 import numpy as np
-from dask.core import flatten
 from dask.optimization import cull
 
-from daskfeed._compat import buffer_prototype
+from daskfeed._compat import buffer_prototype, dask_keys, dask_threaded_get
 from daskfeed.decode import ChunkCodec, ChunkTarget, read_chunks
 from daskfeed.errors import ChunkReadError, DaskfeedError
 from daskfeed.inputs import zarr_behind
@@ -169,13 +168,8 @@ class Scheduler:
     def get(self, graph: dict, keys: list) -> Any:
         if not self._threaded:
             return self._get(graph, keys)
-        import dask.local
-        import dask.threaded
-
         pool = self._threads()
-        return dask.local.get_async(
-            pool.submit, pool.max_threads, graph, keys, pack_exception=dask.threaded.pack_exception
-        )
+        return dask_threaded_get(pool.submit, pool.max_threads, graph, keys)
 
     def __getstate__(self) -> dict:
         state = self.__dict__.copy()
@@ -234,7 +228,7 @@ class BlockSource:
                 array = array.rechunk({axis: -1 for axis in range(1, array.ndim)})
             (array,) = dask.optimize(array)
             self.graph = dict(array.__dask_graph__())
-            self.keys = list(flatten(array.__dask_keys__()))
+            self.keys = dask_keys(array)
 
     def block_range(self, block: int) -> tuple[int, int]:
         """The ``(start, stop)`` samples of ``block``."""

@@ -8,8 +8,8 @@ from typing import Any
 
 import tensorflow as tf
 
+from daskfeed import heap
 from daskfeed.errors import DaskfeedError
-from daskfeed.interrupts import Interrupts
 from daskfeed.loader import Loader
 from daskfeed.options import DEFAULT_MEMORY_BUDGET, KNOBS
 from daskfeed.transform import flatten_batch
@@ -117,11 +117,8 @@ def dataset_from_loader(loader: Loader) -> tf.data.Dataset:
             raise DaskfeedError("the loader of this dataset was freed; keep the dataset while iterating it")
         epoch = next(epochs)
         loader.set_epoch(epoch)
-        try:
-            yield from loader.blocks(epoch, per_block)
-        except DaskfeedError as err:  # so that the consumer gets it, not TensorFlow's UnknownError
-            Interrupts.hand_to_main(err, loader)
-            raise
+        heap.keep_buffers_in_heap()  # after TensorFlow made this iterator's op, which pins glibc's heap
+        yield from loader.blocks(epoch, per_block)  # an error is kept as loader.error: TensorFlow raises its own
 
     ds = tf.data.Dataset.from_generator(generate, output_signature=signature)
     ds = ds.rebatch(batch, drop_remainder=drop)
@@ -138,7 +135,7 @@ def _finish(ds: tf.data.Dataset, loader: Loader) -> tf.data.Dataset:
     policy = tf.data.experimental.AutoShardPolicy
     options.experimental_distribute.auto_shard_policy = policy.OFF if loader.options.shard.count > 1 else policy.DATA
     ds = ds.with_options(options)
-    ds._daskfeed_loader = loader  # datasets made from this one keep it through their input datasets
+    ds.loader = loader  # its error (loader.error), stats and close(); datasets made from this one keep it too
     return ds
 
 
@@ -159,6 +156,7 @@ def _transformed_dataset(loader: Loader) -> tf.data.Dataset:
             raise DaskfeedError("the loader of this dataset was freed; keep the dataset while iterating it")
         epoch = next(epochs)
         loader.set_epoch(epoch)
+        heap.keep_buffers_in_heap()  # after TensorFlow made this iterator's op, which pins glibc's heap
         try:
             for index, batch in enumerate(loader.batches(epoch)):
                 flat = flatten_batch(leaves, batch, f"batch {index} of epoch {epoch}")
@@ -170,8 +168,8 @@ def _transformed_dataset(loader: Loader) -> tf.data.Dataset:
                             "needs every batch to keep the shapes after the batch axis (and the dtypes) of batch 0"
                         )
                 yield batch
-        except DaskfeedError as err:  # so that the consumer gets it, not TensorFlow's UnknownError
-            Interrupts.hand_to_main(err, loader)
+        except DaskfeedError as err:  # TensorFlow raises its own error with this text: the loader keeps this one
+            loader._keep(err)
             raise
 
     return _finish(tf.data.Dataset.from_generator(generate, output_signature=signature), loader)

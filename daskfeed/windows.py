@@ -12,7 +12,6 @@ from typing import Any
 
 import numpy as np
 
-from daskfeed import heap
 from daskfeed._progress import first_decode
 from daskfeed.inputs import Inputs, zarr_behind
 from daskfeed.integrity import StoreWatch
@@ -155,7 +154,6 @@ class WindowMaker:
     def _read_window(
         self, plan: EpochPlan, window: int, storage: list[np.ndarray] | None, order: np.ndarray | None
     ) -> tuple[list[np.ndarray], list[np.ndarray], int]:
-        heap.keep_buffers_in_heap()  # chunk buffers reused, not a fresh mmap each (see daskfeed.heap)
         size = plan.window_size(window)
         leaves = [self.inputs.leaves[i] for i in self._windowed]
         if storage is None or storage_rows(storage) < size:
@@ -319,7 +317,6 @@ class SampleWindowMaker(WindowMaker):
                 for i in self._windowed:
                     arrays[i], takes[i] = self._memory[i], Gather(g, i, rows, patch)
         elif reading:
-            heap.keep_buffers_in_heap()
             size = plan.window_rows(window)
             windowed = [leaves[i] for i in self._windowed]
             if storage is None or storage_rows(storage) < size:

@@ -272,28 +272,42 @@ def explode_on_chunk_3(block, block_info=None):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("door", ["as_sequence", "as_dataset"])
-def test_a_read_error_reaches_fit_and_a_loop_as_chunk_read_error(blobs, door):
-    """Mid-epoch, in tf.data's thread: TensorFlow would make it an UnknownError holding the text; the user's
-    ``except daskfeed.ChunkReadError`` catches it, with its array and chunk, in fit and in a plain loop."""
+def test_a_read_error_ends_fit_and_a_loop_and_the_loader_keeps_it(blobs, door):
+    """Mid-epoch, in tf.data's thread: TensorFlow raises its own error holding daskfeed's text (the error
+    itself when Keras read that batch in fit's own thread); either way the ChunkReadError, with its array,
+    chunk and cause, is the loader's ``error``."""
+    import tensorflow as tf
+
     from daskfeed.interrupts import Interrupts
 
     x = blobs["x"].map_blocks(explode_on_chunk_3, dtype="f4")
     presses = Interrupts.count()
     make = getattr(daskfeed, door)
     data = make(x, blobs["y"], batch_size=64, seed=0, memory_budget="40KB", reads_per_chunk=1, shuffle=False)
-    with pytest.raises(daskfeed.ChunkReadError, match="reading array x chunk 3") as info:
+    assert data.loader.error is None
+    raised = (daskfeed.ChunkReadError, tf.errors.OpError)  # the error itself where it was raised in fit's thread
+    with pytest.raises(raised, match="reading array x chunk 3"):
         small_model().fit(data, epochs=1, shuffle=False, verbose=0)
-    assert (info.value.array, info.value.chunk) == ("x", 3)
-    # Raised where fit's thread next called Python, never on entry to a `with` block's exit: TensorFlow's
-    # gradient tape was left as it was, so the next fit trains.
+    error = data.loader.error
+    assert isinstance(error, daskfeed.ChunkReadError) and (error.array, error.chunk) == ("x", 3)
+    assert isinstance(error.__cause__, OSError) and "disk gone" in str(error.__cause__)
+    # TensorFlow's gradient tape was left as it was, so the next fit trains.
     good = make(blobs["x"], blobs["y"], batch_size=64, seed=0)
     assert np.isfinite(small_model().fit(good, epochs=1, shuffle=False, verbose=0).history["loss"][0])
+    assert good.loader.error is None
     if door == "as_dataset":
         data = make(x, blobs["y"], batch_size=64, seed=0, memory_budget="40KB", reads_per_chunk=1, shuffle=False)
-        with pytest.raises(daskfeed.DaskfeedError, match="reading array x chunk 3"):
+        with pytest.raises(tf.errors.OpError, match="reading array x chunk 3"):
             for _ in data:
                 pass
-    assert Interrupts.count() == presses  # the signal that carried the error is not taken for a Ctrl-C
+        assert isinstance(data.loader.error, daskfeed.ChunkReadError)
+    else:  # a batch asked in Python raises the error itself
+        seq = make(x, blobs["y"], batch_size=64, seed=0, memory_budget="40KB", reads_per_chunk=1, shuffle=False)
+        with pytest.raises(daskfeed.ChunkReadError, match="reading array x chunk 3"):
+            for i in range(len(seq)):
+                seq[i]
+        assert seq.loader.error.chunk == 3
+    assert Interrupts.count() == presses  # no signal was sent
     assert join_daskfeed_threads() == []
 
 
@@ -311,7 +325,7 @@ IGNORING_JOB = (
     """
 import os, signal, sys
 signal.signal(signal.SIGINT, signal.SIG_IGN)  # as `nohup python job.py &` or a batch system starts it
-import numpy as np, keras, daskfeed
+import numpy as np, keras, daskfeed, tensorflow as tf
 import dask.array as da
 from daskfeed.interrupts import Interrupts
 
@@ -322,21 +336,22 @@ def broken(block, block_info=None):
 """
     + BROKEN_READ_AND_MODEL
     + """
+assert signal.getsignal(signal.SIGINT) == signal.SIG_IGN  # a loader left it as it was
 try:
     model.fit(data, epochs=1, shuffle=False, verbose=0)
-except daskfeed.ChunkReadError as err:
-    print("caught", err.array, err.chunk, flush=True)
+except (tf.errors.OpError, daskfeed.ChunkReadError):
+    print("caught", data.loader.error.array, data.loader.error.chunk, flush=True)
 os.kill(os.getpid(), signal.SIGINT)  # a Ctrl-C press is still ignored
-print("still here", Interrupts.count(), flush=True)
+print("still here", Interrupts.count(), signal.getsignal(signal.SIGINT) == signal.SIG_IGN, flush=True)
 """
 )
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("door", ["as_sequence", "as_dataset"])
-def test_a_process_that_ignores_ctrl_c_still_gets_chunk_read_error(tmp_path, door):
-    """The hand-over rides on SIGINT: a process started with SIGINT ignored gets daskfeed's error in fit all the
-    same, and a real press is still ignored (the process goes on; no wait counts it as Ctrl-C)."""
+def test_a_process_that_ignores_ctrl_c_keeps_ignoring_it(tmp_path, door):
+    """A process started with SIGINT ignored: a loader installs no handler, a read error ends fit and is the
+    loader's error, and a real press is still ignored (the process goes on; no wait counts it as Ctrl-C)."""
     import subprocess
     import sys
 
@@ -344,7 +359,7 @@ def test_a_process_that_ignores_ctrl_c_still_gets_chunk_read_error(tmp_path, doo
     script.write_text(IGNORING_JOB)
     done = subprocess.run([sys.executable, str(script), door], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
-    assert done.stdout.split("\n")[:2] == ["caught x 3", "still here 0"], done.stderr[-3000:]
+    assert done.stdout.split("\n")[:2] == ["caught x 3", "still here 0 True"], done.stderr[-3000:]
 
 
 @pytest.mark.slow
@@ -496,8 +511,9 @@ model.fit(data, epochs=2, shuffle=False, verbose=0)
 @pytest.mark.slow
 @pytest.mark.parametrize("door", ["as_sequence", "as_dataset"])
 def test_ctrl_c_reaches_fit_while_a_chunk_read_is_stuck(tmp_path, door):
-    """TensorFlow holds the main thread in the op that waits for the stuck batch; Ctrl-C still ends fit with a
-    KeyboardInterrupt (not pybind11's MISMATCH error), long before the read would have returned."""
+    """TensorFlow holds the main thread in the op that waits for the stuck batch; Ctrl-C still ends fit, long
+    before the read would have returned, with TensorFlow's error saying Ctrl-C (not pybind11's MISMATCH
+    error, and with no KeyboardInterrupt raised inside TensorFlow's C++)."""
     import signal
     import subprocess
     import sys
@@ -513,5 +529,7 @@ def test_ctrl_c_reaches_fit_while_a_chunk_read_is_stuck(tmp_path, door):
     time.sleep(1)  # let fit come to wait for that window (not a timing assertion: earlier is fine too)
     job.send_signal(signal.SIGINT)
     _, err = job.communicate(timeout=120)  # the read sleeps 600 s: ending before that is the point
-    assert job.returncode == -signal.SIGINT, err[-3000:]
-    assert err.rstrip().splitlines()[-1].startswith("KeyboardInterrupt") and "MISMATCH" not in err
+    assert job.returncode == 1, err[-3000:]
+    assert "MISMATCH" not in err and "Exception ignored" not in err, err[-3000:]
+    last = err[err.rindex("Traceback (most recent call last)") :]
+    assert "UnknownError" in err and "KeyboardInterrupt: Ctrl-C while a batch was being read" in last
