@@ -4,9 +4,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from daskfeed._bench import BenchResult, bench
-from daskfeed._info import StoreInfo, info
-from daskfeed._ingest import IngestReport, ingest
 from daskfeed.errors import (
     ChunkReadError,
     DaskfeedError,
@@ -25,6 +22,9 @@ from daskfeed.layout import Layout
 from daskfeed.loader import Loader
 from daskfeed.options import DEFAULT_MEMORY_BUDGET, LoaderOptions, Shard, parse_bytes
 from daskfeed.parts import Part, split
+from daskfeed.tools.bench import BenchResult, bench
+from daskfeed.tools.info import StoreInfo, info
+from daskfeed.tools.ingest import IngestReport, ingest
 
 __version__ = "0.1.0"
 

@@ -15,9 +15,9 @@ from typing import Any
 from dask.utils import format_bytes
 
 from daskfeed._compat import show_warning
-from daskfeed._ingest import COMPRESSIONS, DEFAULT_CHUNK_BYTES, DEFAULT_INGEST_MEMORY, stopped_message
 from daskfeed.errors import DaskfeedError, DaskfeedWarning, DiskFullError
 from daskfeed.options import DEFAULT_MEMORY_BUDGET, parse_bytes
+from daskfeed.tools.ingest import COMPRESSIONS, DEFAULT_CHUNK_BYTES, DEFAULT_INGEST_MEMORY, stopped_message
 
 __all__ = ["main"]
 
@@ -155,7 +155,7 @@ def _size(flag: str) -> Any:
 
 
 def _ingest(args: argparse.Namespace) -> int:
-    from daskfeed._ingest import ingest
+    from daskfeed.tools.ingest import ingest
 
     try:
         report = ingest(
@@ -194,7 +194,7 @@ def _stopped(dest: str, why: str | None) -> None:
 
 
 def _info(args: argparse.Namespace) -> int:
-    from daskfeed._info import info
+    from daskfeed.tools.info import info
 
     report = info(args.store, batch_size=args.batch_size, memory_budget=args.memory_budget, verify=args.verify)
     if args.json:
@@ -205,7 +205,7 @@ def _info(args: argparse.Namespace) -> int:
 
 
 def _bench(args: argparse.Namespace) -> int:
-    from daskfeed._bench import bench
+    from daskfeed.tools.bench import bench
 
     reads = args.reads_per_chunk if args.reads_per_chunk == "auto" else _int("--reads-per-chunk", args.reads_per_chunk)
     result = bench(

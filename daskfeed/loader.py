@@ -24,7 +24,7 @@ from daskfeed.mixing import LABEL_WHOLE_BYTES, label_grouping, looks_like_labels
 from daskfeed.options import LoaderOptions, check_int, check_shared_seed, parse_loader_options
 from daskfeed.parts import Part, Subset
 from daskfeed.plan import EpochPlan, PlanConfig
-from daskfeed.prefetch import Scheduler, usable_cores
+from daskfeed.prefetch import GraphRunner, usable_cores
 from daskfeed.samples import Cut, sample_geometry
 from daskfeed.state import check_state, fingerprint, make_state
 from daskfeed.transform import Ahead, apply_transform, transform_rng
@@ -155,7 +155,7 @@ class Loader:
             usable_cores(),
             self.options.concurrency,
         )
-        self._scheduler = Scheduler(
+        self._scheduler = GraphRunner(
             self.options.scheduler,
             no_workers_timeout=self.options.no_workers_timeout,
             concurrency=self.decode_limit.in_flight,
@@ -546,7 +546,7 @@ def _labels(inputs: Inputs) -> Callable[[np.ndarray], dict[str, float]] | None:
     return measure
 
 
-def _shut(cache: WindowCache, scheduler: Scheduler, ahead: Ahead) -> None:
+def _shut(cache: WindowCache, scheduler: GraphRunner, ahead: Ahead) -> None:
     ahead.close()
     scheduler.close()
     cache.close()

@@ -26,7 +26,7 @@ from daskfeed.decode import ChunkCodec, ChunkTarget, read_chunks
 from daskfeed.errors import ChunkReadError, DaskfeedError
 from daskfeed.inputs import zarr_behind
 
-__all__ = ["BlockPart", "BlockSource", "ReadJob", "Scheduler", "UnitRead", "WorkerPool", "read_blocks"]
+__all__ = ["BlockPart", "BlockSource", "GraphRunner", "ReadJob", "UnitRead", "WorkerPool", "read_blocks"]
 
 _thread_ids = itertools.count()
 #: Requests for chunks of a store that is not local files that a loader keeps in flight, by default.
@@ -97,7 +97,7 @@ class WorkerPool:
                     thread.join()
 
 
-class Scheduler:
+class GraphRunner:
     """What ``scheduler=`` names, resolved once: how to compute a task graph, here or on a cluster.
 
     dask's threaded scheduler runs on threads of daskfeed's own (``daskfeed-read-N``, at most one per core,
@@ -434,7 +434,7 @@ def _graph(jobs: list[ReadJob], local: bool) -> tuple[dict, list, list]:
     return graph, outs, places
 
 
-def read_blocks(jobs: list[ReadJob], scheduler: Scheduler) -> int:
+def read_blocks(jobs: list[ReadJob], scheduler: GraphRunner) -> int:
     """Read every job's units into its buffer with one dask call; returns the bytes of the blocks decoded.
 
     On a scheduler that shares this process's memory (threads, synchronous) each task writes its block's
@@ -486,7 +486,7 @@ def read_blocks(jobs: list[ReadJob], scheduler: Scheduler) -> int:
     return decoded
 
 
-def _gather_remote(graph: dict, outs: list, places: list, scheduler: Scheduler) -> None:
+def _gather_remote(graph: dict, outs: list, places: list, scheduler: GraphRunner) -> None:
     """Compute blocks in other processes and copy each part into place as it arrives."""
 
     def place(i: int, values: list[np.ndarray]) -> None:
@@ -513,7 +513,7 @@ class _NoWorkers(Exception):
     """A cluster without workers for longer than the loader's ``no_workers_timeout``."""
 
 
-def _as_done(futures: list, scheduler: Scheduler) -> Iterator[tuple[Any, Any]]:
+def _as_done(futures: list, scheduler: GraphRunner) -> Iterator[tuple[Any, Any]]:
     """``(future, result)`` for each of ``futures``, in order, each result fetched once; fails when the loader
     closes, or when the cluster has had no workers for ``no_workers_timeout`` seconds (distributed would wait
     for workers forever). Each future is waited for through its own client, in slices (``distributed.wait``
@@ -551,7 +551,7 @@ def _waited(err: BaseException) -> bool:
     return False
 
 
-def _locate_failure(jobs: list[ReadJob], scheduler: Scheduler, err: Exception) -> ChunkReadError:
+def _locate_failure(jobs: list[ReadJob], scheduler: GraphRunner, err: Exception) -> ChunkReadError:
     """Find the array and chunk whose read failed, by reading the blocks again one at a time (not after a
     timeout or a lost connection, where each read again would wait as long again)."""
     if _waited(err):

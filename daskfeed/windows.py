@@ -12,13 +12,13 @@ from typing import Any
 
 import numpy as np
 
-from daskfeed._progress import first_decode
 from daskfeed.inputs import Inputs, zarr_behind
 from daskfeed.integrity import StoreWatch
 from daskfeed.layout import Layout
 from daskfeed.plan import EpochPlan
-from daskfeed.prefetch import BlockSource, ReadJob, Scheduler, UnitRead, read_blocks
+from daskfeed.prefetch import BlockSource, GraphRunner, ReadJob, UnitRead, read_blocks
 from daskfeed.samples import Gather, RowMap, hold
+from daskfeed.tools.progress import first_decode
 
 __all__ = ["Once", "SampleWindowMaker", "Window", "WindowMaker", "decoded_at_once", "window_maker"]
 
@@ -82,7 +82,7 @@ class WindowMaker:
     them), and lazy arrays read into each window's own buffers.
     """
 
-    def __init__(self, inputs: Inputs, layout: Layout, scheduler: Scheduler, watch: StoreWatch | None = None):
+    def __init__(self, inputs: Inputs, layout: Layout, scheduler: GraphRunner, watch: StoreWatch | None = None):
         self.inputs, self.layout, self.scheduler, self.watch = inputs, layout, scheduler, watch
         leaves = inputs.leaves
         self._held = [i for i, leaf in enumerate(leaves) if leaf.name in layout.held]
@@ -226,7 +226,7 @@ class SampleWindowMaker(WindowMaker):
     layout holds the shard's rows (chunks and heads, as runs) and gathers from them.
     """
 
-    def __init__(self, inputs: Inputs, layout: Layout, scheduler: Scheduler, watch: StoreWatch | None = None):
+    def __init__(self, inputs: Inputs, layout: Layout, scheduler: GraphRunner, watch: StoreWatch | None = None):
         super().__init__(inputs, layout, scheduler, watch)
         self.geometry, self.units = layout.geometry, layout.sample_units
         u, chunks = self.units, layout.shard_chunks
@@ -340,7 +340,9 @@ class SampleWindowMaker(WindowMaker):
         return Window(window, storage or [], arrays, takes, nbytes, decoded, time.perf_counter() - started)
 
 
-def window_maker(inputs: Inputs, layout: Layout, scheduler: Scheduler, watch: StoreWatch | None = None) -> WindowMaker:
+def window_maker(
+    inputs: Inputs, layout: Layout, scheduler: GraphRunner, watch: StoreWatch | None = None
+) -> WindowMaker:
     """The window maker for ``layout``: one sample per row, or samples cut by ``window=``."""
     maker = WindowMaker if layout.geometry is None else SampleWindowMaker
     return maker(inputs, layout, scheduler, watch)

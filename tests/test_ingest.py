@@ -15,8 +15,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import daskfeed
-from daskfeed import _ingest as ingest_mod
-from daskfeed._ingest import partial_path, permutation
+from daskfeed.tools import ingest as ingest_mod
+from daskfeed.tools.ingest import partial_path, permutation
 
 h5py = pytest.importorskip("h5py")
 Image = pytest.importorskip("PIL.Image")

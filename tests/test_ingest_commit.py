@@ -17,12 +17,12 @@ import pytest
 import zarr
 
 import daskfeed
-from daskfeed import _ingest as ingest_mod
-from daskfeed._ingest import KILL_AFTER_ENV, partial_path, stopped_message
 from daskfeed.cli import main
 from daskfeed.errors import DiskFullError
+from daskfeed.tools import ingest as ingest_mod
+from daskfeed.tools.ingest import KILL_AFTER_ENV, partial_path, stopped_message
 
-#: The steps of a commit, in order (see daskfeed/_ingest.py, KILL_AFTER_ENV); a kill after the last one leaves
+#: The steps of a commit, in order (see daskfeed/tools/ingest.py, KILL_AFTER_ENV); a kill after the last one leaves
 #: the work folder with its manifest only.
 COMMIT_STEPS = [
     "attrs",

@@ -11,8 +11,8 @@ import pytest
 from conftest import write_store
 
 import daskfeed
-from daskfeed import _progress
 from daskfeed.cli import main
+from daskfeed.tools import progress as _progress
 
 #: A finished bar: its label, 100%, a full bar, and done == total (in bytes).
 DONE = r"{label}\s+100% \|█+\| (\S+)/\1 \["

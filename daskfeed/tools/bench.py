@@ -11,10 +11,10 @@ from typing import Any
 
 import numpy as np
 
-from daskfeed._progress import progress_default
 from daskfeed.errors import InputError, StoreError
 from daskfeed.loader import Loader
 from daskfeed.options import DEFAULT_MEMORY_BUDGET
+from daskfeed.tools.progress import progress_default
 
 __all__ = ["BenchResult", "bench"]
 

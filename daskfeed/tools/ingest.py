@@ -27,15 +27,15 @@ import numpy as np
 from dask.utils import format_bytes
 
 from daskfeed._compat import run_on_zarr_loop, zarr_loop
-from daskfeed._progress import Bar, progress_default
-from daskfeed._sources import (
+from daskfeed.errors import DaskfeedError, DaskfeedWarning, DiskFullError, InputError, InputTypeError, warn
+from daskfeed.options import parse_bytes
+from daskfeed.tools.progress import Bar, progress_default
+from daskfeed.tools.sources import (
     COLOR_MODES,
     IMAGE_SUFFIXES,
     SourceSet,
     _NpyPart,  # noqa: F401  (tests patch its reads)
 )
-from daskfeed.errors import DaskfeedError, DaskfeedWarning, DiskFullError, InputError, InputTypeError, warn
-from daskfeed.options import parse_bytes
 
 __all__ = [
     "COMPRESSIONS",
