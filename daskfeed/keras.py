@@ -14,7 +14,7 @@ from daskfeed import heap
 from daskfeed._compat import KerasBackupSaved
 from daskfeed.errors import DaskfeedWarning, InputError, InputTypeError, warn
 from daskfeed.loader import Loader
-from daskfeed.options import DEFAULT_MEMORY_BUDGET, KNOBS, check_int
+from daskfeed.options import check_int
 
 __all__ = ["BackupAndRestore", "Sequence", "as_sequence"]
 
@@ -164,23 +164,10 @@ def as_sequence(
     y: Any = None,
     sample_weight: Any = None,
     *,
-    batch_size: int = 32,
-    shuffle: bool = True,
-    seed: int | None = None,
-    drop_remainder: bool = False,
-    memory_budget: int | str = DEFAULT_MEMORY_BUDGET,
-    reads_per_chunk: int | str = "auto",
-    scheduler: Any = None,
-    shard: tuple[int, int] | None = None,
-    missing_chunks: str = "warn",
-    no_workers_timeout: float = 60.0,
-    concurrency: int = 32,
-    window: dict[int, int] | None = None,
-    stride: dict[int, int] | None = None,
-    transform: Any = None,
     workers: int = 1,
     use_multiprocessing: bool = False,
     max_queue_size: int = 10,
+    **knobs: Any,
 ) -> Sequence:
     """Serve shuffled batches of chunked arrays to Keras as a ``keras.utils.PyDataset``.
 
@@ -191,11 +178,14 @@ def as_sequence(
         axis 0 (the sample axis). A dict feeds a multi-input model by input name.
     y, sample_weight : array or dict of arrays, optional
         Targets and per-sample weights, the same kinds as ``x``. ``x`` alone serves prediction.
-    batch_size, shuffle, seed, drop_remainder, memory_budget, reads_per_chunk, scheduler, shard, \
-    missing_chunks, no_workers_timeout, concurrency, window, stride, transform
-        The loader's knobs, documented in :class:`daskfeed.LoaderOptions`. The defaults: batches of 32,
-        shuffled across chunks with a drawn seed, a memory budget of 1 GiB, ``reads_per_chunk="auto"``, one
-        sample per row (``window={0: 48}`` serves windows of a series, ``window={1: 64, 2: 64}`` patches).
+    **knobs
+        The loader's knobs: the fields of :class:`daskfeed.LoaderOptions`, written and documented there only
+        (``batch_size``, ``shuffle``, ``seed``, ``drop_remainder``, ``memory_budget``, ``reads_per_chunk``,
+        ``scheduler``, ``shard``, ``missing_chunks``, ``no_workers_timeout``, ``concurrency``, ``window``,
+        ``stride``, ``transform``), or ``options=`` a ``LoaderOptions`` (knobs given beside it win). A name that
+        is not a knob is an error listing them. The defaults: batches of 32, shuffled across chunks with a drawn
+        seed, a memory budget of 1 GiB, ``reads_per_chunk="auto"``, one sample per row (``window={0: 48}``
+        serves windows of a series, ``window={1: 64, 2: 64}`` patches).
     workers, use_multiprocessing, max_queue_size
         Accepted as ``keras.utils.PyDataset`` takes them, but Keras always gets ``workers=1`` and
         ``use_multiprocessing=False`` (with a :class:`daskfeed.DaskfeedWarning` when asked for more): Keras's
@@ -223,7 +213,6 @@ def as_sequence(
     (4, (32, 4), (4,))
     >>> seq.close()
     """
-    knobs = {name: value for name, value in locals().items() if name in KNOBS}
     check_int("workers", workers, 0)
     check_int("max_queue_size", max_queue_size, 1)
     if not isinstance(use_multiprocessing, bool):

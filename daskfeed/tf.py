@@ -11,7 +11,6 @@ import tensorflow as tf
 from daskfeed import heap
 from daskfeed.errors import DaskfeedError
 from daskfeed.loader import Loader
-from daskfeed.options import DEFAULT_MEMORY_BUDGET, KNOBS
 from daskfeed.transform import flatten_batch
 
 __all__ = ["as_dataset"]
@@ -26,26 +25,13 @@ def as_dataset(
     x: Any,
     y: Any = None,
     sample_weight: Any = None,
-    *,
-    batch_size: int = 32,
-    shuffle: bool = True,
-    seed: int | None = None,
-    drop_remainder: bool = False,
-    memory_budget: int | str = DEFAULT_MEMORY_BUDGET,
-    reads_per_chunk: int | str = "auto",
-    scheduler: Any = None,
-    shard: tuple[int, int] | Any = None,
-    missing_chunks: str = "warn",
-    no_workers_timeout: float = 60.0,
-    concurrency: int = 32,
-    window: dict[int, int] | None = None,
-    stride: dict[int, int] | None = None,
-    transform: Any = None,
+    **knobs: Any,
 ) -> tf.data.Dataset:
     """Serve shuffled batches of chunked arrays as a ``tf.data.Dataset``; each iteration is the next epoch.
 
-    The parameters are those of :func:`daskfeed.as_sequence` less the three Keras ones (the knobs are
-    documented in :class:`daskfeed.LoaderOptions`); for one seed both front-ends give the same batches.
+    The parameters are those of :func:`daskfeed.as_sequence` less the three Keras ones: ``**knobs`` are the
+    fields of :class:`daskfeed.LoaderOptions` (or ``options=`` one), written and documented there only; for one
+    seed both front-ends give the same batches.
     The dataset's ``element_spec`` is complete (the batch dimension is ``None`` unless ``drop_remainder``)
     and its cardinality is the number of batches per epoch.
 
@@ -87,9 +73,10 @@ def as_dataset(
     >>> ds.options().experimental_distribute.auto_shard_policy
     <AutoShardPolicy.DATA: 2>
     """
-    if shard is None:  # not the JAX default of the other doors: whoever distributes a tf.data.Dataset shards it
-        shard = (0, 1)
-    loader = Loader(x, y, sample_weight, **{name: value for name, value in locals().items() if name in KNOBS})
+    if knobs.get("shard") is None and "options" not in knobs:
+        # not the JAX default of the other doors: whoever distributes a tf.data.Dataset shards it
+        knobs["shard"] = (0, 1)
+    loader = Loader(x, y, sample_weight, **knobs)
     return dataset_from_loader(loader)
 
 

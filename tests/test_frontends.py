@@ -245,6 +245,16 @@ def test_front_end_bad_knobs(blobs):
         daskfeed.as_sequence(blobs["x"], workers=-1)
     with pytest.raises(daskfeed.InputError, match="use_multiprocessing must be True or False"):
         daskfeed.as_sequence(blobs["x"], use_multiprocessing="yes")
+    for door in (daskfeed.as_sequence, daskfeed.as_dataset):  # the knobs are LoaderOptions's, checked there
+        with pytest.raises(daskfeed.InputTypeError, match="unknown loader option 'batchsize'; the options are batch_"):
+            door(blobs["x"], batchsize=16)
+        with pytest.raises(daskfeed.InputError, match="batch_size must be"):
+            door(blobs["x"], batch_size=0)
+    options = daskfeed.LoaderOptions(batch_size=16, seed=3)
+    assert len(daskfeed.as_sequence(blobs["x"], options=options, batch_size=32)) == len(
+        daskfeed.Loader(blobs["x"], batch_size=32)
+    )
+    assert daskfeed.as_dataset(blobs["x"], options=options).loader.seed == 3
 
 
 @pytest.mark.slow
