@@ -93,7 +93,7 @@ class Interrupts:
     _seen = 0  # Ctrl-C presses read off the socket so far
     _handled = 0  # Ctrl-C presses whose handler has run in the main thread (when the handler is daskfeed's)
     _ours = False  # whether daskfeed's handler is installed
-    _deferred = 0  # presses whose KeyboardInterrupt waits until TensorFlow's error is out of its C++ code
+    _carried = False  # a waiting thread off the main thread failed its wait for the latest press
     _changed = threading.Condition(_lock)
     _waiting = 0  # threads inside :meth:`waiting`
     _exiting = False
@@ -150,7 +150,7 @@ class Interrupts:
             writer.close()
             return
         cls._reader, cls._writer = reader, writer
-        cls._deferred = 0
+        cls._carried = False
         cls._handled = cls._seen
         # Only Python's own handler is replaced; a process started with Ctrl-C ignored (SIG_IGN: ``nohup ...
         # &``, a batch system) or a handler of the user's is left as it is.
@@ -185,7 +185,7 @@ class Interrupts:
         """Python's own Ctrl-C, except in the one place it would break TensorFlow (see the class's docs)."""
         with cls._lock:
             cls._handled += 1
-            carried, cls._deferred = cls._deferred > 0, 0
+            carried, cls._carried = cls._carried, False
         if carried and not _safe_to_raise(frame):
             return  # TensorFlow's error, on its way out, says "KeyboardInterrupt: Ctrl-C while a batch was being read"
         signal.default_int_handler(signum, frame)
@@ -195,7 +195,7 @@ class Interrupts:
         """The error a waiting thread raises for a Ctrl-C; the main thread's KeyboardInterrupt follows it."""
         if cls._ours and threading.current_thread() is not threading.main_thread():
             with cls._lock:
-                cls._deferred += 1
+                cls._carried = True
         return KeyboardInterrupt("Ctrl-C while a batch was being read")
 
     @classmethod

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import weakref
+from collections.abc import Iterator
 from typing import Any
 
 import tensorflow as tf
@@ -99,17 +100,24 @@ def dataset_from_loader(loader: Loader) -> tf.data.Dataset:
     weak = weakref.ref(loader)
 
     def generate():
-        loader = weak()
-        if loader is None:  # only when the dataset itself was dropped and TensorFlow still runs its op
-            raise DaskfeedError("the loader of this dataset was freed; keep the dataset while iterating it")
-        epoch = next(epochs)
-        loader.set_epoch(epoch)
-        heap.keep_buffers_in_heap()  # after TensorFlow made this iterator's op, which pins glibc's heap
+        loader, epoch = _next_epoch(weak, epochs)
         yield from loader.blocks(epoch, per_block)  # an error is kept as loader.error: TensorFlow raises its own
 
     ds = tf.data.Dataset.from_generator(generate, output_signature=signature)
     ds = ds.rebatch(batch, drop_remainder=drop)
     return _finish(ds, loader)
+
+
+def _next_epoch(weak: weakref.ref, epochs: Iterator[int]) -> tuple[Loader, int]:
+    """What a dataset's generator does first, once per iteration (an epoch): its loader, moved to the next
+    epoch, with glibc's heap set back (TensorFlow made this iterator's op just before, which pins it)."""
+    loader = weak()
+    if loader is None:  # only when the dataset itself was dropped and TensorFlow still runs its op
+        raise DaskfeedError("the loader of this dataset was freed; keep the dataset while iterating it")
+    epoch = next(epochs)
+    loader.set_epoch(epoch)
+    heap.keep_buffers_in_heap()
+    return loader, epoch
 
 
 def _finish(ds: tf.data.Dataset, loader: Loader) -> tf.data.Dataset:
@@ -138,25 +146,18 @@ def _transformed_dataset(loader: Loader) -> tf.data.Dataset:
     weak = weakref.ref(loader)  # as in dataset_from_loader: a dropped dataset frees its loader
 
     def generate():
-        loader = weak()
-        if loader is None:
-            raise DaskfeedError("the loader of this dataset was freed; keep the dataset while iterating it")
-        epoch = next(epochs)
-        loader.set_epoch(epoch)
-        heap.keep_buffers_in_heap()  # after TensorFlow made this iterator's op, which pins glibc's heap
-        try:
-            for index, batch in enumerate(loader.batches(epoch)):
-                flat = flatten_batch(leaves, batch, f"batch {index} of epoch {epoch}")
-                for spec, a in zip(specs, flat):
-                    if a.shape[1:] != tuple(spec.shape[1:]) or tf.as_dtype(a.dtype) != spec.dtype:
-                        raise DaskfeedError(
-                            f"transform returned a leaf of shape {a.shape} and dtype {a.dtype} for batch {index} of "
-                            f"epoch {epoch}, but batch 0 had {tuple(spec.shape)} and {spec.dtype.name}: as_dataset "
-                            "needs every batch to keep the shapes after the batch axis (and the dtypes) of batch 0"
-                        )
-                yield batch
-        except DaskfeedError as err:  # TensorFlow raises its own error with this text: the loader keeps this one
-            loader._keep(err)
-            raise
+        loader, epoch = _next_epoch(weak, epochs)
+        for index, batch in enumerate(loader.batches(epoch)):  # their errors are kept as loader.error
+            flat = flatten_batch(leaves, batch, f"batch {index} of epoch {epoch}")
+            for spec, a in zip(specs, flat):
+                if a.shape[1:] != tuple(spec.shape[1:]) or tf.as_dtype(a.dtype) != spec.dtype:
+                    error = DaskfeedError(
+                        f"transform returned a leaf of shape {a.shape} and dtype {a.dtype} for batch {index} of "
+                        f"epoch {epoch}, but batch 0 had {tuple(spec.shape)} and {spec.dtype.name}: as_dataset "
+                        "needs every batch to keep the shapes after the batch axis (and the dtypes) of batch 0"
+                    )
+                    loader._keep(error)  # TensorFlow raises its own error with this text
+                    raise error
+            yield batch
 
     return _finish(tf.data.Dataset.from_generator(generate, output_signature=signature), loader)
