@@ -1,8 +1,8 @@
 """daskfeed's own chunk decoding on the installed zarr: taken, equal to zarr's read, and its speed against zarr's.
 
 ``python benchmarks/fastpath.py --quick`` is CI's smoke on every zarr it installs: it fails (exit 1) unless
-:meth:`daskfeed.decode.ChunkCodec.of` takes the images and the labels, every chunk of a shuffled epoch is read
-on daskfeed's own threads (not through zarr), no :class:`daskfeed.decode.FastPathWarning` is given, and the
+:meth:`daskfeed.read.codec.ChunkCodec.of` takes the images and the labels, every chunk of a shuffled epoch is read
+on daskfeed's own threads (not through zarr), no :class:`daskfeed.FastPathWarning` is given, and the
 batches equal zarr's own read. Without ``--quick`` it writes (once) an image store, 32x32x3 uint8 images and
 int64 labels in chunks of 1,024 samples, zstd, and prints the shuffled Loader's samples/s over zarr's in-order
 one-thread read in the same process, for the first epoch and the next, medians of ``--repeats``. Nothing here
@@ -28,7 +28,8 @@ import zarr
 from zarr.codecs import ZstdCodec
 
 import daskfeed
-from daskfeed.decode import ChunkCodec, FastPathWarning
+from daskfeed.errors import FastPathWarning
+from daskfeed.read.codec import ChunkCodec
 
 HERE = Path(__file__).resolve().parent
 

@@ -26,7 +26,7 @@ import numpy as np
 import zarr
 
 import daskfeed
-from daskfeed.prefetch import usable_cores
+from daskfeed.read import usable_cores
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))

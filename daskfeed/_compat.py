@@ -1,10 +1,11 @@
 """Every use of another library's internals that daskfeed makes, each checked on a range of versions.
 
-zarr: :mod:`daskfeed.decode` reads stored chunks on daskfeed's threads instead of zarr's one event-loop thread.
-That needs a few things zarr does not document as public API. dask, Keras, TensorFlow and Python's ``warnings``:
-one use each, below their own heading. They all live here, so a new release of any of them is checked in one
-file. Each use says which releases it was checked on and what replaces it when it changes. A zarr use that
-fails raises :class:`Unavailable`, whose message says why; the decode module then warns and reads through zarr.
+zarr: the fast path (:mod:`daskfeed.read.codec`, :mod:`daskfeed.read.chunks`) reads stored chunks on daskfeed's
+threads instead of zarr's one event-loop thread. That needs a few things zarr does not document as public API.
+dask, Keras, TensorFlow and Python's ``warnings``: one use each, below their own heading. They all live here, so
+a new release of any of them is checked in one file. Each use says which releases it was checked on and what
+replaces it when it changes. A zarr use that fails raises :class:`Unavailable`, whose message says why;
+:mod:`daskfeed.read.codec` then warns and reads through zarr.
 
 Checked (tests/test_decode.py) on zarr 3.1.6 (the newest zarr for Python 3.11), 3.2.0, 3.2.1, 3.3.0, 3.4.0, 3.4.1
 and 3.4.2, with numpy 2.0, 2.4 and 2.5. zarr 3.1.0 - 3.1.5 lack the synchronous codec decode: read through zarr.

@@ -16,7 +16,7 @@ from daskfeed.errors import DaskfeedError, OrderWarning, warn
 from daskfeed.interrupts import Interrupts
 from daskfeed.layout import SLOTS
 from daskfeed.plan import EpochPlan
-from daskfeed.prefetch import WorkerPool
+from daskfeed.read import WorkerPool
 from daskfeed.windows import Window, storage_rows
 
 __all__ = ["CacheStats", "OrderWatch", "WindowCache"]
@@ -93,7 +93,8 @@ class WindowCache:
 
     ``make(plan, window, storage)`` makes a window (in a ``daskfeed-prefetch-N`` thread);
     ``plan_of(epoch)`` gives the plan of an epoch, for prefetching into the next one; ``held_nbytes()`` the
-    bytes the loader holds outside windows (arrays held whole), for the peak.
+    bytes the loader holds outside windows (arrays held whole), for the peak; ``serving()`` the epoch of the
+    loader's position, whose windows are evicted last.
     """
 
     def __init__(
@@ -101,8 +102,9 @@ class WindowCache:
         make: Callable[[EpochPlan, int, list[np.ndarray] | None], Window],
         plan_of: Callable[[int], EpochPlan],
         held_nbytes: Callable[[], int],
+        serving: Callable[[], int],
     ):
-        self._make, self._plan_of, self._held_nbytes = make, plan_of, held_nbytes
+        self._make, self._plan_of, self._held_nbytes, self._serving = make, plan_of, held_nbytes, serving
         self.cond = threading.Condition()
         self.pool = WorkerPool(max_threads=SLOTS - 1)
         self.entries: dict[tuple[int, int], _Entry] = {}
@@ -114,8 +116,6 @@ class WindowCache:
         self.order = OrderWatch()
         self.tick = 0
         self.closed = False
-        #: The epoch being served: its windows are evicted last.
-        self.epoch = 0
 
     # -- serving --------------------------------------------------------------------------------------
 
@@ -322,8 +322,9 @@ class WindowCache:
         """With every slot taken, evict one ready, unpinned window (another epoch's first, then the least
         recently used), and drop spare storage that a new window's slot needs."""
         if len(self.entries) >= SLOTS:
+            serving = self._serving()
             candidates = [
-                (key[0] == self.epoch, entry.last_use, key)
+                (key[0] == serving, entry.last_use, key)
                 for key, entry in self.entries.items()
                 if entry.pins == 0 and entry.future.done()
             ]

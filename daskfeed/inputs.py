@@ -569,6 +569,22 @@ def is_dataset(value: Any) -> bool:
     return type(value).__name__ == "Dataset" and hasattr(value, "data_vars") and hasattr(value, "coords")
 
 
+def row_bytes(array: Any) -> int:
+    """Bytes of one row along axis 0 of ``array`` (numpy, dask or zarr): the one place this is worked out."""
+    return np.dtype(array.dtype).itemsize * math.prod(int(s) for s in array.shape[1:])
+
+
+def chunk_bounds(array: Any) -> np.ndarray:
+    """Where the chunks of ``array`` (dask or zarr) start along axis 0, plus its length: ``[0, 1000, ..., n]``.
+
+    The one place this is worked out, for dask's chunks (a tuple of lengths) and zarr's (one length).
+    """
+    n, step = int(array.shape[0]), array.chunks[0]
+    if isinstance(step, (int, np.integer)):  # zarr: regular chunks
+        return np.append(np.arange(0, n, max(1, int(step)), dtype=np.int64), n)
+    return np.concatenate([[0], np.cumsum(step)]).astype(np.int64)
+
+
 @dataclass(frozen=True, eq=False)
 class Leaf:
     """One array of a batch: where it sits in the batch, its name for messages, and its data."""
@@ -595,14 +611,12 @@ class Leaf:
 
     @property
     def bytes_per_sample(self) -> int:
-        return self.dtype.itemsize * math.prod(self.sample_shape)
+        return row_bytes(self.array)
 
     @property
     def bounds(self) -> np.ndarray | None:
         """Where the array's chunks start on the sample axis, plus its length; None for numpy arrays."""
-        if not self.lazy:
-            return None
-        return np.concatenate([[0], np.cumsum(self.array.chunks[0])]).astype(np.int64)
+        return chunk_bounds(self.array) if self.lazy else None
 
 
 @dataclass(frozen=True, eq=False)

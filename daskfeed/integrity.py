@@ -17,11 +17,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
-
 from daskfeed._compat import chunk_key_encoder, run_on_zarr_loop
 from daskfeed.errors import DaskfeedWarning, StoreError, warn
-from daskfeed.inputs import store_location, store_read_timeout
+from daskfeed.inputs import row_bytes, store_location, store_read_timeout
 
 __all__ = ["MissingChunks", "StoreWatch", "check_missing", "damage", "find_missing", "written_by_daskfeed"]
 
@@ -159,9 +157,6 @@ def suspect(found: Sequence[MissingChunks], arrays: Mapping[str, Any]) -> list[s
     chunk in the order a copy or a writer goes, in any array. Chunks missing elsewhere in a lighter array (a
     label chunk of class 0 in a store sorted by label) are what zarr does by default, and are not suspect.
     """
-
-    def row_bytes(z: Any) -> int:
-        return np.dtype(z.dtype).itemsize * math.prod(z.shape[1:])
 
     heaviest = max(row_bytes(z) for z in arrays.values())
     return [r.array for r in found if row_bytes(arrays[r.array]) == heaviest or _tail(r, arrays[r.array])]

@@ -15,6 +15,7 @@ from daskfeed._compat import KerasBackupSaved
 from daskfeed.errors import DaskfeedWarning, InputError, InputTypeError, warn
 from daskfeed.loader import Loader
 from daskfeed.options import check_int
+from daskfeed.state import Position
 
 __all__ = ["BackupAndRestore", "Sequence", "as_sequence"]
 
@@ -43,13 +44,12 @@ class Sequence(keras.utils.PyDataset):
         super().__init__(workers=1, use_multiprocessing=False, max_queue_size=max_queue_size)
         self.loader = loader
         self._locks: dict[int, threading.Lock] = {}
-        #: Which of the current epoch's batches were served (by Keras's index), and for which loader epoch.
-        self._served_epoch = loader.epoch
+        #: Which of the Keras epoch's batches were served (by Keras's index), since the loader's position was
+        #: ``_start``: Keras's batch ``i`` is the loader's batch ``i`` after that position.
+        self._start = loader.position
         self._heap_due = True  # set glibc's heap back at the first batch of each Keras epoch (see daskfeed.heap)
         self._served = bytearray(len(loader))
         self._left = len(loader)
-        #: Batches of the loader's current epoch served before Keras's batch 0 (set by :meth:`restore`).
-        self._offset = 0
 
     # Keras reads these two to decide whether to start its worker pool: never (see the class docstring).
     @property
@@ -86,13 +86,13 @@ class Sequence(keras.utils.PyDataset):
             if not self._served[index]:
                 self._served[index] = 1
                 self._left -= 1
-            epoch = self.loader.epoch
+            start = self._start
             heap_due, self._heap_due = self._heap_due, False
         if heap_due:  # the first batch after Keras's epoch began: its from_generator op has pinned glibc's heap
             heap.keep_buffers_in_heap()
-        at = self._offset + index  # after a restore, Keras's epochs run on across the loader's epochs
+        at = start.next_batch + index  # after a restore, Keras's epochs run on across the loader's epochs
         # An error is kept as self.loader.error: in fit, TensorFlow raises its own holding the text.
-        return self.loader.batch(at % n, epoch + at // n)
+        return self.loader.batch(at % n, start.epoch + at // n)
 
     @property
     def _lock(self) -> threading.Lock:
@@ -103,28 +103,28 @@ class Sequence(keras.utils.PyDataset):
         return lock
 
     def _end_epoch_if_served(self) -> None:
-        """Move the loader to the next epoch if every batch of this one was served (called with the lock held)."""
+        """Move the loader's position on by an epoch's batches if every batch of this Keras epoch was served
+        (called with the lock held)."""
         n = len(self.loader)
-        if self._served_epoch != self.loader.epoch:  # moved by restore() or loader.set_epoch(): nothing served yet
-            self._served_epoch, self._served, self._left = self.loader.epoch, bytearray(n), n
+        if self._start != self.loader.position:  # moved by restore() or loader.set_epoch(): nothing served yet
+            self._start, self._served, self._left = self.loader.position, bytearray(n), n
         if self._left == 0:
-            self.loader.next_epoch()
-            self._served_epoch, self._served, self._left = self.loader.epoch, bytearray(n), n
+            self.loader.set_epoch(self._start.epoch + 1, self._start.next_batch)
+            self._start, self._served, self._left = self.loader.position, bytearray(n), n
 
     def position(self, batches: int) -> int:
         """The place in the stream of batches (``epoch * len + index``) after ``batches`` of this Keras epoch."""
-        return self.loader.epoch * len(self.loader) + self._offset + batches
+        return self.loader.position.index(len(self.loader)) + batches
 
     def state_at(self, position: int) -> dict[str, Any]:
         """:meth:`daskfeed.Loader.state` for a place in the stream of batches."""
-        return self.loader.state(*divmod(position, len(self.loader)))
+        return self.loader.state(*Position.at(position, len(self.loader)))
 
     def restore(self, state: dict[str, Any]) -> None:
         """Go back to the place ``state`` records: the next Keras epoch starts with the batch after it."""
         with self._lock:
             self.loader.restore(state)
-            self._offset = state["next_batch"]
-            self._served_epoch, self._served, self._left = self.loader.epoch, bytearray(len(self)), len(self)
+            self._start, self._served, self._left = self.loader.position, bytearray(len(self)), len(self)
 
     def on_epoch_begin(self) -> None:
         with self._lock:

@@ -161,6 +161,7 @@ class Layout:
             reads_per_chunk=self.reads_per_chunk,
             window_samples=self.window_samples,
             shard=options.shard.as_tuple(),
+            shard_chunks=self.shard_chunks,
             resident=self.resident,
             **self._rows(),
         )

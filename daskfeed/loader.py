@@ -24,9 +24,9 @@ from daskfeed.mixing import LABEL_WHOLE_BYTES, label_grouping, looks_like_labels
 from daskfeed.options import LoaderOptions, check_int, check_shared_seed, parse_loader_options
 from daskfeed.parts import Part, Subset
 from daskfeed.plan import EpochPlan, PlanConfig
-from daskfeed.prefetch import GraphRunner, usable_cores
+from daskfeed.read import GraphRunner, usable_cores
 from daskfeed.samples import Cut, sample_geometry
-from daskfeed.state import check_state, fingerprint, make_state
+from daskfeed.state import Position, check_state, fingerprint, make_state
 from daskfeed.transform import Ahead, apply_transform, transform_rng
 from daskfeed.windows import decoded_at_once, window_maker
 
@@ -63,6 +63,10 @@ class _Runtime:
                 raise DaskfeedError("this loader was freed while a transformed batch was made ahead")
             return owner._batch(index, epoch)
 
+        def serving() -> int:
+            owner = weak()
+            return owner.epoch if owner is not None else -1
+
         #: Transformed batches made ahead for a caller that asks one at a time (``transform=`` only).
         self.ahead = Ahead(make)
         self.lock = threading.Lock()
@@ -70,8 +74,7 @@ class _Runtime:
         self.plans: dict[int, EpochPlan] = {}
         self.maker = window_maker(loader.inputs, loader.layout, loader._scheduler, loader._watch)
         maker = self.maker
-        self.cache = WindowCache(maker.make, self.plan, lambda: maker.held_nbytes)
-        self.cache.epoch = loader.epoch
+        self.cache = WindowCache(maker.make, self.plan, lambda: maker.held_nbytes, serving)
 
     def plan(self, epoch: int) -> EpochPlan:
         with self.lock:
@@ -168,7 +171,8 @@ class Loader:
         check_missing(zarrs, self.options.missing_chunks)
         #: Checked after each read, so that no batch mixes two versions of a store (one replaced under the loader).
         self._watch = StoreWatch(zarrs)
-        self._epoch = self._next_batch = 0
+        #: The one place in the stream of batches (see :attr:`position`).
+        self._position = Position(0, 0)
         first = EpochPlan(self.config, 0)
         if first.n_batches == 0:
             raise InputError(
@@ -224,9 +228,19 @@ class Loader:
         return tuple(Cut(leaf.name, False, (), leaf.sample_shape, leaf.dtype) for leaf in self.inputs.leaves)
 
     @property
+    def position(self) -> Position:
+        """Where the loader is: ``(epoch, next_batch)``, the one position its doors and callbacks ask.
+
+        :meth:`set_epoch` and :meth:`restore` move it; iterating the loader moves ``next_batch`` with each batch
+        served, an ``as_dataset`` iteration with each block handed to TensorFlow (:meth:`start_pass`), a
+        :func:`daskfeed.as_sequence` once every batch of the epoch was served.
+        """
+        return self._position
+
+    @property
     def epoch(self) -> int:
         """The current epoch; :meth:`set_epoch` moves it."""
-        return self._epoch
+        return self._position.epoch
 
     @property
     def error(self) -> DaskfeedError | None:
@@ -268,14 +282,16 @@ class Loader:
             "amplification": self.layout.amplification,
         }
 
-    def set_epoch(self, epoch: int) -> None:
-        """Move to the start of ``epoch``: a new order; windows of the epoch left are let go. The only way the
-        epoch moves."""
+    def set_epoch(self, epoch: int, next_batch: int = 0) -> None:
+        """Move to the start of ``epoch`` (or to its batch ``next_batch``): a new order; windows of the epoch
+        left are let go. The only way the epoch moves."""
         epoch = check_int("epoch", epoch, 0)
-        old, self._epoch, self._next_batch = self._epoch, epoch, 0
+        next_batch = check_int("next_batch", next_batch, 0)
+        if next_batch > self._n_batches:
+            raise InputError(f"next_batch must be at most the {self._n_batches} batches of an epoch, got {next_batch}")
+        old, self._position = self._position.epoch, Position(epoch, next_batch)
         runtime = self._runtime
         if runtime is not None and old != epoch:
-            runtime.cache.epoch = epoch
             runtime.cache.forget_epoch(old)
 
     @property
@@ -295,22 +311,35 @@ class Loader:
         Batches are a pure function of (seed, epoch, batch index), so this is all a restarted job needs:
         ``Loader(same data, same knobs).restore(state)`` goes on with exactly the batches that would have come.
         """
-        epoch = self._epoch if epoch is None else epoch
-        return make_state(self.fingerprint, epoch, self._next_batch if next_batch is None else next_batch)
+        here = self._position
+        place = Position(here.epoch if epoch is None else epoch, here.next_batch if next_batch is None else next_batch)
+        return make_state(self.fingerprint, place)
 
     def restore(self, state: dict[str, Any]) -> None:
         """Go back to the place ``state`` records; raises :class:`InputError` if it is another loader's."""
-        epoch, next_batch = check_state(state, self.fingerprint, self._n_batches)
-        self.set_epoch(epoch)
-        self._next_batch = next_batch
+        self.set_epoch(*check_state(state, self.fingerprint, self._n_batches))
 
     def next_epoch(self) -> None:
         """``set_epoch(epoch + 1)``."""
-        self.set_epoch(self._epoch + 1)
+        self.set_epoch(self._position.epoch + 1)
+
+    def start_pass(self) -> int:
+        """The epoch a pass over a whole epoch serves (an iteration of an ``as_dataset`` dataset): the current
+        one when none of its batches was handed out yet, else the next one, moved to. :meth:`blocks` and
+        :meth:`batches` of the current epoch then move ``next_batch`` as they hand batches out."""
+        if self._position.next_batch > 0:
+            self.next_epoch()
+        return self._position.epoch
+
+    def _handed(self, epoch: int, next_batch: int) -> None:
+        """Batches of ``epoch`` before ``next_batch`` were handed out: the position moves past them, when
+        ``epoch`` is the current one."""
+        if self._position.epoch == epoch:
+            self._position = Position(epoch, max(next_batch, self._position.next_batch))
 
     def plan(self, epoch: int | None = None) -> EpochPlan:
         """The plan of ``epoch`` (default: the current one)."""
-        return self._live().plan(self._epoch if epoch is None else epoch)
+        return self._live().plan(self._position.epoch if epoch is None else epoch)
 
     def batch(self, index: int, epoch: int | None = None) -> Any:
         """Batch ``index`` of ``epoch`` as numpy arrays: ``x``, ``(x, y)`` or ``(x, y, sample_weight)``.
@@ -318,7 +347,7 @@ class Loader:
         With ``transform=``, the transformed batch; asked in order (``i`` after ``i - 1``), the next few
         batches are transformed ahead on ``daskfeed-transform-N`` threads.
         """
-        epoch = self._epoch if epoch is None else epoch
+        epoch = self._position.epoch if epoch is None else epoch
         plan = self.plan(epoch)
         if isinstance(index, (bool, np.bool_)) or not isinstance(index, (int, np.integer)):
             raise InputTypeError(f"batch index must be an int, got {type(index).__name__}")
@@ -370,7 +399,7 @@ class Loader:
             self._iterating = False
 
     def _iterate(self) -> Iterator[Any]:
-        epoch, first = self._epoch, self._next_batch
+        epoch, first = self._position
         plan, per = self.plan(epoch), self.BATCHES_PER_RUN
 
         def run(i: int) -> list[Any]:
@@ -388,7 +417,7 @@ class Loader:
                 for batch in batches:
                     if self._closed:  # batches made ahead are not served once the loader is closed
                         raise DaskfeedError("this loader was closed while it was being iterated")
-                    self._next_batch += 1
+                    self._position = Position(epoch, self._position.next_batch + 1)
                     yield batch
         finally:
             self._forget(epoch)
@@ -396,7 +425,8 @@ class Loader:
 
     def batches(self, epoch: int) -> Iterator[Any]:
         """Every batch of ``epoch`` in order (transformed, with ``transform=``), made ahead on a
-        ``daskfeed-batches-N`` thread; the epoch's windows are let go at the end. Does not move the epoch."""
+        ``daskfeed-batches-N`` thread; the epoch's windows are let go at the end. Does not move the epoch; the
+        position's ``next_batch`` follows the batches handed out when ``epoch`` is the current one."""
         plan, per = self.plan(epoch), self.BATCHES_PER_RUN
         n = plan.n_batches
 
@@ -409,22 +439,31 @@ class Loader:
                 for s, t in (plan.batch_span(b),)
             ]
 
+        served = 0
         try:
             for made in _ahead(run, -(-n // per), self.BATCHES_AHEAD // per):
-                yield from made
+                for batch in made:
+                    served += 1
+                    self._handed(epoch, served)
+                    yield batch
         finally:
             self._forget(epoch)
 
     def blocks(self, epoch: int, batches_per_block: int) -> Iterator[Any]:
         """The epoch as runs of ``batches_per_block`` whole batches, each run one array per leaf.
 
-        Cutting the runs with ``tf.data.Dataset.rebatch(batch_size)`` gives exactly :meth:`batch` ``(i)``.
+        Cutting the runs with ``tf.data.Dataset.rebatch(batch_size)`` gives exactly :meth:`batch` ``(i)``. Does
+        not move the epoch; the position's ``next_batch`` follows the blocks handed out when ``epoch`` is the
+        current one.
         """
         plan = self.plan(epoch)
         n = plan.n_batches
         try:
             for first in range(0, n, batches_per_block):
-                yield self.inputs.pack(self._fill(plan, first, min(first + batches_per_block, n)))
+                last = min(first + batches_per_block, n)
+                block = self.inputs.pack(self._fill(plan, first, last))
+                self._handed(epoch, last)
+                yield block
         finally:
             self._forget(epoch)
 
@@ -460,7 +499,7 @@ class Loader:
         names = ", ".join(leaf.name for leaf in self.inputs.leaves)
         return (
             f"<daskfeed.Loader {names}: {self.n_samples} samples, batch_size={self.batch_size}, "
-            f"{self._n_batches} batches/epoch, epoch={self._epoch}, {self.layout.describe()}, "
+            f"{self._n_batches} batches/epoch, epoch={self._position.epoch}, {self.layout.describe()}, "
             f"memory_budget={_format(self.memory_budget)}>"
         )
 

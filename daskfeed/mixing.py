@@ -8,6 +8,8 @@ from typing import Any
 
 import numpy as np
 
+from daskfeed.inputs import row_bytes
+
 __all__ = [
     "LABEL_UNITS",
     "LABEL_WHOLE_BYTES",
@@ -65,7 +67,7 @@ def read_cost(array: Any, ranges: Sequence[tuple[int, int]]) -> int:
         return nbytes
     own = max(1, int(array.chunks[0]))
     touched = {c for start, stop in ranges for c in range(start // own, (stop - 1) // own + 1)}
-    return len(touched) * own * np.dtype(array.dtype).itemsize * math.prod(array.shape[1:])
+    return len(touched) * own * row_bytes(array)
 
 
 def label_grouping(array: Any, bounds: Sequence[int] | np.ndarray, *, max_bytes: int | None = None) -> float | None:

@@ -1,4 +1,9 @@
-"""The epoch plan: chunk boundaries, seed and epoch in, windows of read units and batches out; no I/O."""
+"""The epoch plan: chunk boundaries, seed and epoch in, windows of reads and batches out; no I/O.
+
+Words: a read unit is a chunk along the sample axis (``chunk_bounds``); a *read* is one of the
+``reads_per_chunk`` reads of a read unit, which keeps a disjoint share of its samples (the ``read_*`` arrays of
+:class:`EpochPlan`, one entry per read; the reader gets each as a :class:`daskfeed.read.Rows`).
+"""
 
 from __future__ import annotations
 
@@ -57,6 +62,8 @@ class PlanConfig:
     window_rows: int = 0
     #: A part of :func:`daskfeed.split`: each read unit keeps only that part's samples.
     subset: Any = None
+    #: The shard's chunks when the layout has drawn them already (:func:`shard_chunks`, from shard and seed).
+    shard_chunks: np.ndarray | None = field(default=None, repr=False)
     _chunks: np.ndarray = field(init=False, repr=False)
     lengths: np.ndarray = field(init=False, repr=False)
 
@@ -65,7 +72,10 @@ class PlanConfig:
         if bounds.ndim != 1 or len(bounds) < 2 or bounds[0] != 0 or np.any(np.diff(bounds) <= 0):
             raise InputError(f"chunk_bounds must rise strictly from 0, got {bounds.tolist()[:10]}")
         object.__setattr__(self, "chunk_bounds", bounds)
-        object.__setattr__(self, "_chunks", shard_chunks(len(bounds) - 1, self.shard, self.seed, self.shuffle))
+        chunks = self.shard_chunks
+        if chunks is None:
+            chunks = shard_chunks(len(bounds) - 1, self.shard, self.seed, self.shuffle)
+        object.__setattr__(self, "_chunks", np.asarray(chunks, dtype=np.int64))
         lengths = np.diff(bounds)
         #: Samples of each read unit this plan serves: all of them, or the part's.
         object.__setattr__(self, "lengths", lengths if self.subset is None else self.subset.counts(lengths))
@@ -104,9 +114,9 @@ def shard_chunks(n_chunks: int, shard: tuple[int, int], seed: int, shuffle: bool
 class EpochPlan:
     """The windows and batches of one epoch of one shard.
 
-    The epoch is a stream of ``n_samples`` positions. Windows cut it into runs of whole read units; batch
+    The epoch is a stream of ``n_samples`` positions. Windows cut it into runs of whole reads; batch
     ``i`` is positions ``[i * batch_size, (i + 1) * batch_size)`` and may span two windows. Memory is
-    O(read units); per-sample orders are drawn per window when asked for.
+    O(reads); per-sample orders are drawn per window when asked for.
     """
 
     def __init__(self, config: PlanConfig, epoch: int):
@@ -120,77 +130,77 @@ class EpochPlan:
         chunks, reads = config.chunks, self.reads
         if config.shuffle and not self.resident:
             rng = _rng(config.seed, epoch, _ORDER)
-            unit_chunk = np.concatenate([rng.permutation(chunks) for _ in range(reads)])
-            unit_part = np.repeat(np.arange(reads, dtype=np.int64), len(chunks))
+            read_chunk = np.concatenate([rng.permutation(chunks) for _ in range(reads)])
+            read_part = np.repeat(np.arange(reads, dtype=np.int64), len(chunks))
         else:
-            unit_chunk = chunks.copy()
-            unit_part = np.zeros(len(chunks), dtype=np.int64)
-        lengths = config.lengths[unit_chunk]
+            read_chunk = chunks.copy()
+            read_part = np.zeros(len(chunks), dtype=np.int64)
+        lengths = config.lengths[read_chunk]
         # Part p of a chunk of length L keeps rows [p*L//r, (p+1)*L//r) of the chunk's row permutation.
-        sizes = (unit_part + 1) * lengths // reads - unit_part * lengths // reads
+        sizes = (read_part + 1) * lengths // reads - read_part * lengths // reads
         keep = sizes > 0
-        self.unit_chunk = unit_chunk[keep]
-        self.unit_part = unit_part[keep]
-        self.unit_size = sizes[keep]
-        unit_offsets = np.concatenate([[0], np.cumsum(self.unit_size)])
-        self.n_samples = int(unit_offsets[-1])
+        self.read_chunk = read_chunk[keep]
+        self.read_part = read_part[keep]
+        self.read_size = sizes[keep]
+        read_offsets = np.concatenate([[0], np.cumsum(self.read_size)])
+        self.n_samples = int(read_offsets[-1])
         if config.segment_rows is None:
-            #: Rows each read unit holds in a window (at most): one per sample, or raw rows samples are cut from.
-            self.unit_held, held_offsets, cap = self.unit_size, unit_offsets, config.window_samples
+            #: Rows each read holds in a window (at most): one per sample, or raw rows samples are cut from.
+            self.read_held, held_offsets, cap = self.read_size, read_offsets, config.window_samples
         else:
-            segments = np.asarray(config.segment_rows, np.int64)[self.unit_chunk]
-            self.unit_held = np.minimum(segments, self.unit_size * config.sample_rows)
-            held_offsets, cap = np.concatenate([[0], np.cumsum(self.unit_held)]), config.window_rows
-        grow = GROW_WINDOWS if epoch == 0 and not self.resident and len(self.unit_size) else 0
+            segments = np.asarray(config.segment_rows, np.int64)[self.read_chunk]
+            self.read_held = np.minimum(segments, self.read_size * config.sample_rows)
+            held_offsets, cap = np.concatenate([[0], np.cumsum(self.read_held)]), config.window_rows
+        grow = GROW_WINDOWS if epoch == 0 and not self.resident and len(self.read_size) else 0
         # A grown window still holds more than a batch, so that a batch spans at most two windows.
-        least = int(self.unit_held.max()) + config.batch_size if grow else 0
-        self.window_units = self._pack(held_offsets, int(held_offsets[-1]) if self.resident else cap, grow, least)
+        least = int(self.read_held.max()) + config.batch_size if grow else 0
+        self.window_reads = self._pack(held_offsets, int(held_offsets[-1]) if self.resident else cap, grow, least)
         self.held_offsets = held_offsets
-        self.window_offsets = unit_offsets[self.window_units]
+        self.window_offsets = read_offsets[self.window_reads]
         self._offsets = self.window_offsets.tolist()
-        self.unit_offsets = unit_offsets
+        self.read_offsets = read_offsets
         bs = config.batch_size
         self.n_batches = self.n_samples // bs if config.drop_remainder else -(-self.n_samples // bs)
         #: Samples served this epoch: ``n_samples`` minus the remainder ``drop_remainder`` drops.
         self.n_served = min(self.n_samples, self.n_batches * bs)
 
     @staticmethod
-    def _pack(unit_offsets: np.ndarray, window_samples: int, grow: int = 0, least: int = 0) -> np.ndarray:
-        """Greedy packing: a window takes units while they fit in ``window_samples``, and at least one; window
+    def _pack(read_offsets: np.ndarray, window_samples: int, grow: int = 0, least: int = 0) -> np.ndarray:
+        """Greedy packing: a window takes reads while they fit in ``window_samples``, and at least one; window
         ``k < grow`` in ``window_samples / 2**(grow - k)``, but at least ``least`` samples."""
         starts = [0]
-        n_units = len(unit_offsets) - 1
-        while starts[-1] < n_units:
+        n_reads = len(read_offsets) - 1
+        while starts[-1] < n_reads:
             s = starts[-1]
             cap = min(window_samples, max(least, window_samples >> max(0, grow - (len(starts) - 1))))
-            stop = int(np.searchsorted(unit_offsets, unit_offsets[s] + cap, side="right")) - 1
-            starts.append(min(max(stop, s + 1), n_units))
+            stop = int(np.searchsorted(read_offsets, read_offsets[s] + cap, side="right")) - 1
+            starts.append(min(max(stop, s + 1), n_reads))
         return np.asarray(starts, dtype=np.int64)
 
     @property
     def n_windows(self) -> int:
-        return len(self.window_units) - 1
+        return len(self.window_reads) - 1
 
-    def units(self, window: int) -> range:
-        """Indices of the read units of ``window``."""
-        return range(int(self.window_units[window]), int(self.window_units[window + 1]))
+    def reads_of(self, window: int) -> range:
+        """Indices of the reads of ``window``."""
+        return range(int(self.window_reads[window]), int(self.window_reads[window + 1]))
 
     def window_size(self, window: int) -> int:
         return int(self.window_offsets[window + 1] - self.window_offsets[window])
 
     def window_rows(self, window: int) -> int:
         """Rows a window's buffers hold at most: its samples, or the raw rows they are cut from."""
-        return int(self.held_offsets[self.window_units[window + 1]] - self.held_offsets[self.window_units[window]])
+        return int(self.held_offsets[self.window_reads[window + 1]] - self.held_offsets[self.window_reads[window]])
 
     def chunk_range(self, chunk: int) -> tuple[int, int]:
         """The ``(start, stop)`` samples of a chunk."""
         b = self.config.chunk_bounds
         return int(b[chunk]), int(b[chunk + 1])
 
-    def unit_rows(self, unit: int) -> np.ndarray | None:
-        """Sorted chunk-local rows that read ``unit`` keeps, or None for the whole chunk."""
+    def kept_rows(self, unit: int) -> np.ndarray | None:
+        """Sorted chunk-local rows that read number ``unit`` keeps, or None for the whole chunk."""
         reads, subset = self.reads, self.config.subset
-        chunk, part = int(self.unit_chunk[unit]), int(self.unit_part[unit])
+        chunk, part = int(self.read_chunk[unit]), int(self.read_part[unit])
         kept = None
         if subset is not None:
             start, stop = self.chunk_range(chunk)
@@ -231,16 +241,16 @@ class EpochPlan:
         return range(start // bs, (stop - 1) // bs + 1)
 
     def rows(self, window: int, base: np.ndarray, order: np.ndarray | None = None) -> np.ndarray:
-        """``base[chunk] + row in chunk`` for each sample of ``window``, in unit order or, given, ``order``.
+        """``base[chunk] + row in chunk`` for each sample of ``window``, in read order or, given, ``order``.
 
         With ``base = chunk_bounds[:-1]`` these are the global sample indices; with the offsets where each
         chunk sits in a buffer that holds chunks whole, the rows of that buffer. O(window).
         """
         parts = []
-        for u in self.units(window):
-            rows = self.unit_rows(u)
-            local = np.arange(int(self.unit_size[u]), dtype=np.int64) if rows is None else rows
-            parts.append(int(base[int(self.unit_chunk[u])]) + local)
+        for u in self.reads_of(window):
+            rows = self.kept_rows(u)
+            local = np.arange(int(self.read_size[u]), dtype=np.int64) if rows is None else rows
+            parts.append(int(base[int(self.read_chunk[u])]) + local)
         flat = np.concatenate(parts)
         return flat if order is None else flat[order]
 

@@ -5,15 +5,35 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, NamedTuple
 
 from daskfeed.errors import InputError, InputTypeError
 from daskfeed.inputs import Inputs
 from daskfeed.plan import PlanConfig
 
-__all__ = ["STATE_VERSION", "check_state", "fingerprint", "make_state"]
+__all__ = ["STATE_VERSION", "Position", "check_state", "fingerprint", "make_state"]
 
 STATE_VERSION = 1
+
+
+class Position(NamedTuple):
+    """Where a loader is in its stream of batches: the epoch, and the next batch of it to serve.
+
+    The loader holds the one position (:attr:`daskfeed.Loader.position`); its doors and callbacks ask it
+    rather than counting for themselves. ``next_batch`` runs from 0 to the epoch's batch count (all served).
+    """
+
+    epoch: int
+    next_batch: int
+
+    def index(self, n_batches: int) -> int:
+        """The place in the stream of batches of every epoch: ``epoch * n_batches + next_batch``."""
+        return self.epoch * n_batches + self.next_batch
+
+    @classmethod
+    def at(cls, index: int, n_batches: int) -> Position:
+        """The position of place ``index`` in the stream of batches (the inverse of :meth:`index`)."""
+        return cls(*divmod(int(index), n_batches))
 
 
 def fingerprint(inputs: Inputs, config: PlanConfig, geometry: Any = None) -> str:
@@ -47,12 +67,13 @@ def fingerprint(inputs: Inputs, config: PlanConfig, geometry: Any = None) -> str
     return hashlib.sha256(json.dumps(described, sort_keys=True).encode()).hexdigest()[:32]
 
 
-def make_state(digest: str, epoch: int, next_batch: int) -> dict[str, Any]:
+def make_state(digest: str, position: Position) -> dict[str, Any]:
     """``{"version", "epoch", "next_batch", "fingerprint"}``: JSON-able, a few dozen bytes."""
+    epoch, next_batch = position
     return {"version": STATE_VERSION, "epoch": int(epoch), "next_batch": int(next_batch), "fingerprint": digest}
 
 
-def check_state(state: Any, digest: str, n_batches: int) -> tuple[int, int]:
+def check_state(state: Any, digest: str, n_batches: int) -> Position:
     """``(epoch, next_batch)`` of ``state``, once it is known to come from a loader that serves these batches."""
     if not isinstance(state, Mapping):
         raise InputTypeError(f"state must be the dict that loader.state() returned, got {type(state).__name__}")
@@ -72,4 +93,4 @@ def check_state(state: Any, digest: str, n_batches: int) -> tuple[int, int]:
         raise InputError(
             f"state has epoch={epoch!r}, next_batch={next_batch!r}; expected ints, 0 <= next_batch <= {n_batches}"
         )
-    return epoch, next_batch
+    return Position(epoch, next_batch)

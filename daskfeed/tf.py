@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import itertools
 import weakref
-from collections.abc import Iterator
 from typing import Any
 
 import tensorflow as tf
@@ -93,14 +91,13 @@ def dataset_from_loader(loader: Loader) -> tf.data.Dataset:
     )
     per_sample = sum(leaf.bytes_per_sample for leaf in served)
     per_block = max(1, min(BLOCK_SAMPLES // batch, BLOCK_BYTES // max(1, batch * per_sample)))
-    epochs = itertools.count(loader.epoch)
     # TensorFlow keeps the generator of every from_generator for the life of the process (tensorflow#57690):
     # it holds the loader weakly, and the dataset (which each iterator of it keeps) holds it, so a dataset
     # that is dropped frees its loader, its windows and its threads.
     weak = weakref.ref(loader)
 
     def generate():
-        loader, epoch = _next_epoch(weak, epochs)
+        loader, epoch = _start_pass(weak)
         yield from loader.blocks(epoch, per_block)  # an error is kept as loader.error: TensorFlow raises its own
 
     ds = tf.data.Dataset.from_generator(generate, output_signature=signature)
@@ -108,14 +105,14 @@ def dataset_from_loader(loader: Loader) -> tf.data.Dataset:
     return _finish(ds, loader)
 
 
-def _next_epoch(weak: weakref.ref, epochs: Iterator[int]) -> tuple[Loader, int]:
-    """What a dataset's generator does first, once per iteration (an epoch): its loader, moved to the next
-    epoch, with glibc's heap set back (TensorFlow made this iterator's op just before, which pins it)."""
+def _start_pass(weak: weakref.ref) -> tuple[Loader, int]:
+    """What a dataset's generator does first, once per iteration: its loader and the epoch the loader's
+    position says this pass serves (the next, once any batch of the current one was handed out), with
+    glibc's heap set back (TensorFlow made this iterator's op just before, which pins it)."""
     loader = weak()
     if loader is None:  # only when the dataset itself was dropped and TensorFlow still runs its op
         raise DaskfeedError("the loader of this dataset was freed; keep the dataset while iterating it")
-    epoch = next(epochs)
-    loader.set_epoch(epoch)
+    epoch = loader.start_pass()
     heap.keep_buffers_in_heap()
     return loader, epoch
 
@@ -142,11 +139,10 @@ def _transformed_dataset(loader: Loader) -> tf.data.Dataset:
     probe = flatten_batch(leaves, loader.batch(0, loader.epoch), "batch 0")
     specs = [tf.TensorSpec((None, *a.shape[1:]), tf.as_dtype(a.dtype)) for a in probe]
     signature = loader.inputs.pack(specs)
-    epochs = itertools.count(loader.epoch)
     weak = weakref.ref(loader)  # as in dataset_from_loader: a dropped dataset frees its loader
 
     def generate():
-        loader, epoch = _next_epoch(weak, epochs)
+        loader, epoch = _start_pass(weak)
         for index, batch in enumerate(loader.batches(epoch)):  # their errors are kept as loader.error
             flat = flatten_batch(leaves, batch, f"batch {index} of epoch {epoch}")
             for spec, a in zip(specs, flat):

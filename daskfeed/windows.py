@@ -16,7 +16,7 @@ from daskfeed.inputs import Inputs, zarr_behind
 from daskfeed.integrity import StoreWatch
 from daskfeed.layout import Layout
 from daskfeed.plan import EpochPlan
-from daskfeed.prefetch import BlockSource, GraphRunner, ReadJob, UnitRead, read_blocks
+from daskfeed.read import BlockSource, GraphRunner, ReadJob, Rows, read
 from daskfeed.samples import Gather, RowMap, hold
 from daskfeed.tools.progress import first_decode
 
@@ -140,8 +140,8 @@ class WindowMaker:
         elif self._windowed:
             # Rows are written in serving order (scattered by the reading threads, on every core), so batches
             # are cut as slices and the thread that serves them copies contiguous memory.
-            storage, buffers, read = self._read_window(plan, window, storage, order)
-            decoded += read
+            storage, buffers, fresh = self._read_window(plan, window, storage, order)
+            decoded += fresh
             take = slice(0, plan.window_size(window))
             owned += storage
             for i, buffer in zip(self._windowed, buffers):
@@ -161,9 +161,9 @@ class WindowMaker:
         buffers = [s[:size] for s in storage]
         first = int(plan.window_offsets[window])
         units = [
-            UnitRead(int(c), *plan.chunk_range(int(c)), plan.unit_rows(u), int(plan.unit_offsets[u]) - first)
-            for u in plan.units(window)
-            for c in (plan.unit_chunk[u],)
+            Rows(int(c), *plan.chunk_range(int(c)), plan.kept_rows(u), int(plan.read_offsets[u]) - first)
+            for u in plan.reads_of(window)
+            for c in (plan.read_chunk[u],)
         ]
         scatter = None
         if order is not None:  # stream row order[k] is served k-th: it goes to buffer row k
@@ -173,7 +173,7 @@ class WindowMaker:
             ReadJob(leaf.name, self._source(i), buffer, units, scatter)
             for i, leaf, buffer in zip(self._windowed, leaves, buffers)
         ]
-        return storage, buffers, read_blocks(jobs, self.scheduler)
+        return storage, buffers, read(jobs, self.scheduler)
 
     def _load(self) -> int:
         """Read what the loader holds in memory, once: the small arrays whole and, when the layout is resident,
@@ -186,16 +186,14 @@ class WindowMaker:
             nonlocal decoded
             n = self.inputs.n_samples
             jobs = [
-                ReadJob(
-                    self.inputs.leaves[i].name, self._source(i), self._allocate(i, n), [UnitRead(-1, 0, n, None, 0)]
-                )
+                ReadJob(self.inputs.leaves[i].name, self._source(i), self._allocate(i, n), [Rows(-1, 0, n, None, 0)])
                 for i in self._held
             ]
             if self._windowed:
                 jobs += self._windowed_jobs()
             # Data that fits the budget is all decoded before the first batch: say so when that takes a while.
             with first_decode(sum(job.buffer.nbytes for job in jobs) if self.layout.resident else 0):
-                decoded = read_blocks(jobs, self.scheduler)
+                decoded = read(jobs, self.scheduler)
 
         self._once.run(load)
         return decoded
@@ -210,7 +208,7 @@ class WindowMaker:
             return []
         bounds, chunks = self.layout.chunk_bounds, self.layout.shard_chunks
         rows = int((bounds[chunks + 1] - bounds[chunks]).sum())
-        units = [UnitRead(int(c), int(bounds[c]), int(bounds[c + 1]), None, int(self._base[c])) for c in chunks]
+        units = [Rows(int(c), int(bounds[c]), int(bounds[c + 1]), None, int(self._base[c])) for c in chunks]
         return [
             ReadJob(self.inputs.leaves[i].name, self._source(i), self._allocate(i, rows), units) for i in self._windowed
         ]
@@ -248,7 +246,7 @@ class SampleWindowMaker(WindowMaker):
         runs = self._rows
         if runs is None or not runs.rows:
             return []
-        units = [UnitRead(-1, int(lo), int(hi), None, int(at)) for lo, hi, at in zip(runs.lo, runs.hi, runs.at)]
+        units = [Rows(-1, int(lo), int(hi), None, int(at)) for lo, hi, at in zip(runs.lo, runs.hi, runs.at)]
         jobs = []
         for i in self._windowed:
             leaf = self.inputs.leaves[i]
@@ -273,13 +271,13 @@ class SampleWindowMaker(WindowMaker):
         # holds every row of its samples' span.
         whole = plan.reads == 1 and plan.config.subset is None and g.step <= g.length
         starts, patches, places = [], [], []
-        reads: list[UnitRead] = []
+        reads: list[Rows] = []
         heads: list[tuple[int, np.ndarray]] = []  # (buffer row, rows of the heads held) to copy in
         at = 0
-        for unit in plan.units(window):
-            j = int(plan.unit_chunk[unit])
-            kept = plan.unit_rows(unit)
-            local = np.arange(int(plan.unit_size[unit]), dtype=np.int64) if kept is None else kept
+        for unit in plan.reads_of(window):
+            j = int(plan.read_chunk[unit])
+            kept = plan.kept_rows(unit)
+            local = np.arange(int(plan.read_size[unit]), dtype=np.int64) if kept is None else kept
             ids = int(u.sample_bounds[j]) + local
             t = (ids // per_row if per_row > 1 else ids) * g.step
             starts.append(t)
@@ -291,7 +289,7 @@ class SampleWindowMaker(WindowMaker):
             rows, pos = hold(lo, hi, t, g.length, whole)
             n_held = hi - lo if rows is None else len(rows)
             n_own = split - lo if rows is None else int(np.searchsorted(rows, split - lo))
-            reads.append(UnitRead(int(u.chunks[j]), lo, split, None if rows is None else rows[:n_own], at))
+            reads.append(Rows(int(u.chunks[j]), lo, split, None if rows is None else rows[:n_own], at))
             if n_held > n_own:
                 tail = np.arange(split, hi, dtype=np.int64) if rows is None else rows[n_own:] + lo
                 heads.append((at + n_own, self._rows(tail)))
@@ -328,7 +326,7 @@ class SampleWindowMaker(WindowMaker):
             jobs = [
                 ReadJob(leaf.name, self._source(i), b, reads) for i, leaf, b in zip(self._windowed, windowed, buffers)
             ]
-            decoded += read_blocks(jobs, self.scheduler)
+            decoded += read(jobs, self.scheduler)
             rows = np.concatenate(places)
             rows = rows if order is None else rows[order]
             owned += [*storage, rows]

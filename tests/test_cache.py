@@ -30,7 +30,8 @@ class Windows:
     def __init__(self, plan_config, fail=()):
         self.config, self.fail = plan_config, set(fail)
         self.plans = {}
-        self.cache = WindowCache(self.make, self.plan, lambda: 0)
+        self.epoch = 0  # the epoch being served, as a loader's position says
+        self.cache = WindowCache(self.make, self.plan, lambda: 0, lambda: self.epoch)
         self.made, self.reused, self.most_live = [], 0, 0
         self.lock = threading.Lock()
 
@@ -68,7 +69,7 @@ def epoch(windows, e, order=None):
 def test_spare_storage_and_live_windows_never_exceed_the_slots():
     windows = Windows(config())
     for e in range(3):
-        windows.cache.epoch = e
+        windows.epoch = e
         ids = epoch(windows, e)
         np.testing.assert_array_equal(np.sort(ids), np.arange(N))
         assert windows.cache.live_windows() <= SLOTS

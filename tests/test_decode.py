@@ -21,8 +21,8 @@ from zarr.abc.codec import BytesBytesCodec
 from zarr.codecs import BloscCodec, BytesCodec, Crc32cCodec, GzipCodec, TransposeCodec, ZstdCodec
 
 import daskfeed
-from daskfeed.decode import ChunkCodec
 from daskfeed.errors import FastPathWarning
+from daskfeed.read.codec import ChunkCodec
 
 N = 1003
 

@@ -172,6 +172,31 @@ def test_dataset_spec_cardinality_and_epochs(blobs):
     assert dropped.element_spec[0].shape == (64, 8) and int(dropped.cardinality()) == 46
 
 
+def test_each_pass_over_a_dataset_serves_the_epoch_its_loader_says(blobs):
+    """as_dataset keeps no epoch counter of its own: a pass serves the loader's epoch when none of its batches
+    was handed out, else the next; the loader's position follows the blocks handed to TensorFlow."""
+    ds = daskfeed.as_dataset(blobs["x"], blobs["y"], batch_size=64, seed=0)
+    loader = ds.loader
+
+    def pass_of(dataset):
+        return np.concatenate([y.numpy() for _, y in dataset])
+
+    def epoch_of(e):
+        return np.concatenate([loader.batch(i, e)[1] for i in range(len(loader))])
+
+    np.testing.assert_array_equal(pass_of(ds), epoch_of(0))
+    assert loader.position == (0, len(loader))  # every batch of epoch 0 handed out
+    np.testing.assert_array_equal(pass_of(ds), epoch_of(1))
+    loader.set_epoch(5)  # between passes, as a restart at an epoch boundary does
+    np.testing.assert_array_equal(pass_of(ds), epoch_of(5))
+    np.testing.assert_array_equal(pass_of(ds.take(3)), epoch_of(6)[: 3 * 64])  # a pass left early ...
+    assert loader.position.epoch == 6 and loader.position.next_batch > 0  # (one block holds the whole epoch)
+    np.testing.assert_array_equal(pass_of(ds), epoch_of(7))  # ... and the next pass is the next epoch
+    loader.restore(loader.state(3, 0))
+    np.testing.assert_array_equal(pass_of(ds), epoch_of(3))
+    loader.close()
+
+
 def test_both_doors_give_the_same_batches_bit_for_bit(blobs):
     kwargs = dict(batch_size=100, seed=21, memory_budget="40KB")
     seq = daskfeed.as_sequence(blobs["x"], blobs["y"], **kwargs)

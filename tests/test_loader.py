@@ -20,6 +20,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import daskfeed
+from daskfeed.state import Position
 
 
 class CountingStore(zarr.storage.WrapperStore):
@@ -145,7 +146,7 @@ def test_each_chunk_of_the_unit_array_is_read_once_per_epoch_at_one_read(xy_stor
     assert not loader.stats["resident"] and loader.stats["read_units"] == 11  # x's chunks of 100
     epochs = run_epochs(loader, 3)
     following = loader.plan(epochs)
-    reachable = sum(len(following.units(w)) for w in range(min(2, following.n_windows)))
+    reachable = sum(len(following.reads_of(w)) for w in range(min(2, following.n_windows)))
     loader.close()
     x_reads = {k: v for k, v in counts.items() if k.startswith("x/")}
     assert len(x_reads) == 11
@@ -286,7 +287,7 @@ def test_close_does_not_wait_for_a_chunk_being_computed_and_is_final(xy_store):
     arrays = daskfeed.open_zarr(xy_store)
     x = arrays["x"].map_blocks(slow, dtype="f4")
     loader = daskfeed.Loader(x, arrays["y"], batch_size=10, seed=0, memory_budget="10KB", reads_per_chunk=1)
-    window = next(w for w in range(loader.plan().n_windows) if 2 in loader.plan().unit_chunk[loader.plan().units(w)])
+    window = next(w for w in range(loader.plan().n_windows) if 2 in loader.plan().read_chunk[loader.plan().reads_of(w)])
     index = loader.plan().batches_of(window)[1]
     failures = []
 
@@ -606,3 +607,34 @@ def test_two_loops_over_one_loader_at_once_are_refused_not_served_twice(xy_store
             pool.submit(lambda: next(iter(loader))).result()
         assert 10 + sum(len(y) for _, y in first) == 1003  # the first loop goes on, untouched
         assert sum(len(y) for _, y in loader) == 1003  # once it is done, the next loop serves the next epoch
+
+
+def test_the_loader_holds_the_one_position(xy_store):
+    """(epoch, next_batch) moves with the batches a loop serves, with set_epoch and restore, and with
+    start_pass (what an as_dataset iteration asks); it is what state() saves."""
+    arrays = daskfeed.open_zarr(xy_store)
+    with daskfeed.Loader(arrays["x"], arrays["y"], batch_size=100, seed=0) as loader:
+        n = len(loader)
+        assert loader.position == (0, 0) and loader.position.index(n) == 0
+        for served, _ in enumerate(loader, 1):
+            if served == 3:
+                break
+        assert loader.position == (0, 3) and loader.state()["next_batch"] == 3
+        rest = [y for _, y in loader]  # the loop goes on from there, then moves to the next epoch
+        assert len(rest) == n - 3 and loader.position == (1, 0)
+        assert loader.start_pass() == 1  # nothing of epoch 1 handed out yet: a pass serves it
+        blocks = loader.blocks(1, 4)
+        next(blocks)
+        assert loader.position == (1, 4)
+        blocks.close()
+        assert loader.start_pass() == 2 and loader.position == (2, 0)  # a pass began: the next is epoch 2
+        loader.set_epoch(7, 2)
+        assert loader.position == (7, 2) and loader.position.index(n) == 7 * n + 2
+        assert Position.at(7 * n + 2, n) == (7, 2)
+        other = daskfeed.Loader(arrays["x"], arrays["y"], batch_size=100, seed=0)
+        other.restore(loader.state())
+        assert other.position == (7, 2)
+        np.testing.assert_array_equal(next(iter(other))[1], loader.batch(2, 7)[1])
+        other.close()
+        with pytest.raises(daskfeed.InputError, match=f"next_batch must be at most the {n} batches"):
+            loader.set_epoch(0, n + 1)

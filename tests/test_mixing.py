@@ -72,7 +72,7 @@ def test_a_store_in_random_order_by_hand_reads_each_chunk_once_and_does_not_warn
         assert before == 0  # measuring the labels reads no chunk of x
         epoch(loader, zarr.open_array(f"{path}/y", mode="r")[:])
         following = loader.plan(1)
-        reachable = sum(len(following.units(w)) for w in range(min(2, following.n_windows)))
+        reachable = sum(len(following.reads_of(w)) for w in range(min(2, following.n_windows)))
     x_reads = {k: v for k, v in counts.items() if k.startswith("x/")}
     # Each of x's 12 chunks read once in the epoch; prefetch may have read a chunk of the next epoch's first
     # two windows once more.

@@ -108,9 +108,9 @@ def test_each_chunk_is_read_reads_per_chunk_times_with_disjoint_parts(config, ep
     assert r == (1 if config.resident else config.reads_per_chunk)
     for chunk in config.chunks:
         start, stop = plan.chunk_range(int(chunk))
-        units = np.flatnonzero(plan.unit_chunk == chunk)
+        units = np.flatnonzero(plan.read_chunk == chunk)
         assert len(units) == min(r, stop - start)  # a chunk shorter than r has empty parts, skipped
-        kept = [plan.unit_rows(int(u)) for u in units]
+        kept = [plan.kept_rows(int(u)) for u in units]
         if r == 1:
             assert kept == [None]
         else:
@@ -123,9 +123,9 @@ def test_each_chunk_is_read_reads_per_chunk_times_with_disjoint_parts(config, ep
 def test_windows_respect_their_size_and_batches_span_at_most_two(config, epoch):
     plan = EpochPlan(config, epoch)
     sizes = [plan.window_size(w) for w in range(plan.n_windows)]
-    max_unit = int(plan.unit_size.max())
+    max_unit = int(plan.read_size.max())
     for w, size in enumerate(sizes):
-        assert size <= max(config.window_samples, int(plan.unit_size[plan.units(w)][0]))
+        assert size <= max(config.window_samples, int(plan.read_size[plan.reads_of(w)][0]))
     if config.window_samples >= max_unit + config.batch_size:  # what choose_layout guarantees
         for i in range(plan.n_batches):
             assert len(plan.windows_of(*plan.batch_span(i))) <= 2
@@ -182,8 +182,8 @@ def test_config_errors_name_the_argument():
 def test_resident_epochs_are_one_window_in_storage_order_then_shuffled(config, epoch):
     """A resident plan makes every epoch one window of the whole shard: a full shuffle in memory."""
     plan = EpochPlan(config, epoch)
-    assert plan.n_windows == 1 and plan.reads == 1 and plan.unit_rows(0) is None
-    assert np.array_equal(plan.unit_chunk, config.chunks)  # read units in storage order
+    assert plan.n_windows == 1 and plan.reads == 1 and plan.kept_rows(0) is None
+    assert np.array_equal(plan.read_chunk, config.chunks)  # read units in storage order
     assert plan.window_size(0) == int(np.diff(config.chunk_bounds)[config.chunks].sum())
 
 
@@ -205,10 +205,10 @@ def test_epoch_0_starts_with_small_windows_that_grow_to_the_full_size(reads, mon
     config = PlanConfig(chunk_bounds=bounds, batch_size=10, seed=1, reads_per_chunk=reads, window_samples=3200)
     first, later = EpochPlan(config, 0), EpochPlan(config, 1)
     sizes = [first.window_size(w) for w in range(first.n_windows)]
-    least = int(first.unit_size.max()) + 10
+    least = int(first.read_size.max()) + 10
     for k in range(GROW_WINDOWS):  # 1/16, 1/8, 1/4, 1/2 of a full window, never less than a unit and a batch
         cap = max(least, 3200 >> (GROW_WINDOWS - k))
-        assert cap - int(first.unit_size.max()) < sizes[k] <= cap
+        assert cap - int(first.read_size.max()) < sizes[k] <= cap
     assert sizes[0] < sizes[1] < sizes[2] < sizes[3] < sizes[4]
     assert all(3200 - 64 < s <= 3200 for s in sizes[GROW_WINDOWS:-1])
     assert all(3200 - 64 < later.window_size(w) <= 3200 for w in range(later.n_windows - 1))  # epoch 1: full

@@ -114,7 +114,7 @@ def test_each_chunk_is_read_once_per_epoch_with_windows_crossing_chunk_boundarie
     for _ in range(epochs):
         assert sum(len(y) for _, y in loader) == loader.n_samples
     following = loader.plan(epochs)
-    reachable = sum(len(following.units(w)) for w in range(min(2, following.n_windows)))  # prefetch runs on
+    reachable = sum(len(following.reads_of(w)) for w in range(min(2, following.n_windows)))  # prefetch runs on
     loader.close()
     x_reads = {int(k.split("/")[2]): v for k, v in counts.items() if k.startswith("x/")}
     # Chunk 0 has no heads; chunks 1-9 hold windows' starts and heads; chunk 10 (rows 2000-2002) only heads.
@@ -252,7 +252,7 @@ def test_layout_counts_the_rows_a_window_holds(series_store):
     row = 32 + 8 * ("y" in layout.windowed)
     assert SLOTS * layout.window_rows * row + layout.held_bytes <= 80_000
     for w in range(plan.n_windows):
-        assert plan.window_rows(w) <= max(layout.window_rows, int(plan.unit_held[plan.units(w)][0]))
+        assert plan.window_rows(w) <= max(layout.window_rows, int(plan.read_held[plan.reads_of(w)][0]))
     assert "windows of 20 rows every 3" in repr(loader) and f"{loader.n_samples} samples" in repr(loader)
     loader.close()
 

@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 
 from daskfeed.errors import InputError, StoreError
+from daskfeed.inputs import chunk_bounds
 from daskfeed.loader import Loader
 from daskfeed.options import DEFAULT_MEMORY_BUDGET
 from daskfeed.tools.progress import progress_default
@@ -217,7 +218,7 @@ def _in_order_rate(chosen: dict[str, tuple[Any, Any]], count: int) -> float:
     """Samples/s reading the chunks in order with zarr, one thread: what a hand-written loader at its best does."""
     started = time.perf_counter()
     for arr, z in chosen.values():
-        ends = np.cumsum(arr.chunks[0])
+        ends = chunk_bounds(arr)[1:]
         last = int(np.searchsorted(ends, count))  # the chunk that holds sample count - 1
         for lo, hi in zip((0, *ends[:last]), ends[: last + 1]):
             if z is not None:

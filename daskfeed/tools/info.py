@@ -11,12 +11,21 @@ from typing import Any
 import numpy as np
 from dask.utils import format_bytes
 
-from daskfeed.inputs import TENSOR_KINDS, DatasetRoles, open_zarr_node, rewrite_command, store_roles, written_shuffled
+from daskfeed.inputs import (
+    TENSOR_KINDS,
+    DatasetRoles,
+    chunk_bounds,
+    open_zarr_node,
+    rewrite_command,
+    row_bytes,
+    store_roles,
+    written_shuffled,
+)
 from daskfeed.integrity import damage, find_missing
 from daskfeed.layout import WARN_AMPLIFICATION, ArraySpec, Layout, choose_layout, decode_limit
 from daskfeed.mixing import LABEL_WHOLE_BYTES, label_grouping, looks_like_labels, read_cost, sampled_units
 from daskfeed.options import DEFAULT_MEMORY_BUDGET, LoaderOptions, parse_bytes
-from daskfeed.prefetch import DEFAULT_CONCURRENCY, usable_cores
+from daskfeed.read import DEFAULT_CONCURRENCY, usable_cores
 
 __all__ = ["ArrayInfo", "StoreInfo", "info"]
 
@@ -145,9 +154,7 @@ def _loader_layout(
     """The layout a loader over ``row`` would choose (the loader's own code, the labels' grouping measured as a
     loader measures it), what it would cost here, and the grouping of each array that looks like class labels
     with the warnings about it."""
-    specs = [
-        ArraySpec(name, np.dtype(arr.dtype).itemsize * math.prod(arr.shape[1:]), _bounds(arr)) for name, arr in row
-    ]
+    specs = [ArraySpec(name, row_bytes(arr), chunk_bounds(arr)) for name, arr in row]
     mixed = all(written_shuffled(arr.attrs) for _, arr in row)
     options = LoaderOptions(batch_size=batch_size, memory_budget=budget, seed=0)
     n = row[0][1].shape[0]
@@ -181,11 +188,6 @@ def _cost(row: list[tuple[str, Any]], specs: list[ArraySpec], layout: Layout) ->
         first += layout.held_bytes
         epoch = f"an epoch decodes {format_bytes(layout.decoded_per_epoch)} (~{layout.decoded_per_epoch / rate:.1f}s)"
     return f"first batch in ~{first / rate:.1f}s, {epoch}, at {rate / 1e6:,.0f} MB/s (one chunk read here)"
-
-
-def _bounds(arr: Any) -> np.ndarray:
-    n, step = int(arr.shape[0]), int(arr.chunks[0])
-    return np.append(np.arange(0, n, step, dtype=np.int64), n)
 
 
 def _rewrite(row: list[tuple[str, Any]], where: str, roles: DatasetRoles | None = None) -> str:
@@ -401,7 +403,7 @@ def _layout_warnings(
     fix is a rewrite in random order, unless the labels are mixed already: then more budget or smaller chunks)."""
     warnings = []
     chunk_len = min(int(arr.chunks[0]) for _, arr in row)  # the shortest read
-    chunk_bytes = chunk_len * sum(np.dtype(arr.dtype).itemsize * math.prod(arr.shape[1:]) for _, arr in row)
+    chunk_bytes = chunk_len * sum(row_bytes(arr) for _, arr in row)
     if chunk_len < batch_size:
         warnings.append(
             f"chunks of {chunk_len} samples are shorter than a batch of {batch_size}: every batch needs several "

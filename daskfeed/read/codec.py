@@ -1,27 +1,18 @@
-"""Reading zarr chunks on daskfeed's threads: bytes fetched (many requests in flight), decoded on every core."""
+"""How one zarr array's stored chunks are decoded without zarr's event loop, checked against zarr's own read."""
 
 from __future__ import annotations
 
-import asyncio
 import os
 import threading
-from collections.abc import Callable
-from concurrent.futures import FIRST_EXCEPTION, Future, wait
-from typing import Any, NamedTuple
+from typing import Any
 
 import numpy as np
 
 from daskfeed import _compat
-from daskfeed.errors import ChunkReadError, DaskfeedError, FastPathWarning, warn
+from daskfeed.errors import FastPathWarning, warn
 from daskfeed.inputs import store_read_timeout
 
-__all__ = ["ChunkCodec", "ChunkTarget", "read_chunks"]
-
-#: A read waiting for its chunks checks this often whether the loader was closed.
-WAIT_SLICE_S = 0.1
-#: Local chunks are decoded in tasks of about this many decoded bytes: a task per small chunk (labels of 8 KB)
-#: would cost more in handing work to threads than in decoding.
-TASK_BYTES = 2**21
+__all__ = ["ChunkCodec"]
 
 
 class _Check:
@@ -247,183 +238,3 @@ def _same(ours: np.ndarray, theirs: np.ndarray) -> bool:
     return ours.tobytes() == theirs.tobytes() or (
         ours.dtype.kind in "fc" and np.array_equal(ours, theirs, equal_nan=True)
     )
-
-
-class ChunkTarget(NamedTuple):
-    """One stored chunk to read, and where its rows go."""
-
-    name: str  # the array's name, for messages
-    codec: ChunkCodec
-    coords: tuple[int, ...]  # the chunk's grid coordinates
-    buffer: np.ndarray
-    #: (chunk-local rows: a slice or sorted indices, the buffer row the first of them goes to)
-    puts: list[tuple[slice | np.ndarray, int]]
-    block: int  # the read's block (dask chunk) number, for messages
-    samples: tuple[int, int]  # the block's samples, for messages
-    scatter: np.ndarray | None = None  # where each row goes, as ``ReadJob.scatter``
-
-
-def _place(target: ChunkTarget, chunk: np.ndarray | None) -> None:
-    """Write ``target``'s rows of a decoded chunk (or the fill value, for a chunk the store lacks)."""
-    codec, coords = target.codec, target.coords
-    inner, outer = [], []
-    for axis in range(1, len(codec.shape)):
-        lo = coords[axis] * codec.chunk_shape[axis]
-        hi = min(codec.shape[axis], lo + codec.chunk_shape[axis])
-        inner.append(slice(0, hi - lo))
-        outer.append(slice(lo, hi))
-    for rows, at in target.puts:
-        count = rows.stop - rows.start if isinstance(rows, slice) else len(rows)
-        into = (slice(at, at + count) if target.scatter is None else target.scatter[at : at + count], *outer)
-        if chunk is None:
-            target.buffer[into] = codec.fill
-        else:
-            target.buffer[into] = chunk[(rows, *inner)]
-
-
-def _fail(target: ChunkTarget, err: BaseException) -> ChunkReadError:
-    start, stop = target.samples
-    key = target.codec.key(target.coords)
-    hint = f"; {_timeout_knob(target.codec)}" if "timeout" in type(err).__name__.lower() else ""
-    return ChunkReadError(
-        f"reading array {target.name} chunk {target.block} (samples {start}-{stop - 1}) failed: "
-        f"{type(err).__name__}: {err} (stored chunk {key!r}){hint}",
-        array=target.name,
-        chunk=target.block,
-        samples=target.samples,
-    )
-
-
-def _timeout_knob(codec: ChunkCodec) -> str:
-    """Which knob sets the bound on a chunk fetch, and how to change it."""
-    if codec.read_timeout_given:
-        return (
-            "daskfeed.open_zarr(..., read_timeout=) sets this bound: raise it if big chunks need longer on a slow "
-            "link, None waits forever"
-        )
-    return (
-        "the store was not opened with daskfeed.open_zarr, so the default bound applies "
-        "(daskfeed.inputs.DEFAULT_READ_TIMEOUT); open it with daskfeed.open_zarr(url, read_timeout=...) to change it"
-    )
-
-
-def _timed_out(target: ChunkTarget) -> ChunkReadError:
-    start, stop = target.samples
-    codec = target.codec
-    return ChunkReadError(
-        f"reading array {target.name} chunk {target.block} (samples {start}-{stop - 1}) timed out after "
-        f"{codec.read_timeout:g} s: the store did not deliver stored chunk {codec.key(target.coords)!r} in that "
-        f"time, retries included (read_timeout={codec.read_timeout:g}); {_timeout_knob(codec)}",
-        array=target.name,
-        chunk=target.block,
-        samples=target.samples,
-    )
-
-
-def _decode_into(target: ChunkTarget, raw: Any) -> None:
-    try:
-        _place(target, target.codec.decode(raw, target.coords))
-    except Exception as err:
-        raise _fail(target, err) from err
-
-
-def _read_local(targets: list[ChunkTarget]) -> None:
-    for target in targets:
-        try:
-            raw = target.codec.fetch_local(target.codec.key(target.coords))
-        except Exception as err:
-            raise _fail(target, err) from err
-        _decode_into(target, raw)
-
-
-def _tasks(targets: list[ChunkTarget]) -> list[list[ChunkTarget]]:
-    """Consecutive targets grouped into tasks of about :data:`TASK_BYTES` decoded bytes."""
-    tasks: list[list[ChunkTarget]] = []
-    size = TASK_BYTES
-    for target in targets:
-        if size >= TASK_BYTES:
-            tasks.append([])
-            size = 0
-        tasks[-1].append(target)
-        size += target.codec.chunk_nbytes
-    return tasks
-
-
-def read_chunks(
-    targets: list[ChunkTarget],
-    submit: Callable[..., Future],
-    closed: threading.Event,
-    in_flight: Callable[[], asyncio.Semaphore],
-) -> None:
-    """Read every target: local files on ``submit``'s threads; other stores fetched through zarr's event loop,
-    at most ``in_flight()``'s count of requests at once, each chunk decoded on ``submit``'s threads as it
-    arrives. Raises :class:`ChunkReadError` naming the first chunk that failed, or :class:`DaskfeedError`
-    when ``closed`` is set while waiting."""
-    futures = [submit(_read_local, task) for task in _tasks([t for t in targets if t.codec.root is not None])]
-    remote = [t for t in targets if t.codec.root is None]
-    decodes: list[Future] = []  # of chunks fetched from other stores
-    try:
-        if remote:
-            _compat.run_on_zarr_loop(_fetch_all(remote, submit, closed, in_flight(), decodes))
-        _wait(futures, closed)
-    finally:
-        futures += decodes
-        for future in futures:  # after a failure: what has not started never will
-            future.cancel()
-        wait(futures)  # and no thread goes on writing into a buffer the loader may give to another window
-
-
-def _wait(futures: list[Future], closed: threading.Event) -> None:
-    pending = set(futures)
-    while pending:
-        done, pending = wait(pending, timeout=WAIT_SLICE_S, return_when=FIRST_EXCEPTION)
-        for future in done:
-            if future.exception() is not None:
-                raise future.exception()
-        if closed.is_set():
-            raise DaskfeedError("the loader was closed while chunks were being read")
-
-
-async def _fetch_all(
-    targets: list[ChunkTarget],
-    submit: Callable[..., Future],
-    closed: threading.Event,
-    limit: asyncio.Semaphore,
-    decodes: list[Future],
-) -> None:
-    async def get(target: ChunkTarget) -> Any:
-        codec = target.codec
-        try:
-            return await codec.store.get(codec.key(target.coords), codec.prototype)
-        except Exception as err:  # a ChunkReadError is no TimeoutError: only wait_for's own is one below
-            raise _fail(target, err) from err
-
-    async def one(target: ChunkTarget) -> None:
-        timeout = target.codec.read_timeout
-        async with limit:  # the bound starts with the request, not while it waits for a place in flight
-            if timeout is None:
-                raw = await get(target)
-            else:
-                # The whole fetch, every retry of the store's client included: each retry of s3fs / botocore
-                # would wait its own per-request timeout again (many times read_timeout in all).
-                try:
-                    raw = await asyncio.wait_for(get(target), timeout)
-                except TimeoutError as err:
-                    raise _timed_out(target) from err
-        decodes.append(submit(_decode_into, target, raw))
-        await asyncio.wrap_future(decodes[-1])
-
-    tasks = [asyncio.ensure_future(one(t)) for t in targets]
-    try:
-        pending = set(tasks)
-        while pending:
-            done, pending = await asyncio.wait(pending, timeout=WAIT_SLICE_S, return_when=asyncio.FIRST_EXCEPTION)
-            for task in done:
-                if task.exception() is not None:
-                    raise task.exception()
-            if closed.is_set():
-                raise DaskfeedError("the loader was closed while chunks were being read")
-    finally:
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
