@@ -51,7 +51,16 @@ TARGETS = [
     ("overlap: both / max(step only, loader only)", "overlap", "<=", 1.15),
     ("remote (20 ms per request) / the same store local", "remote", ">=", 0.8),
     ("first batch at the default budget (s)", "first_batch_s", "<=", 0.3),
+    # issue 21: the first epoch as fast as the rest
+    ("first batch, a store that fits the default budget (s)", "first_batch_fits_s", "<=", 0.3),
+    ("fresh loader's first epoch / in-order read, as_sequence, store that fits", "fresh_seq_fits", ">=", 1.0),
+    ("fresh loader's first epoch / in-order read, as_dataset, store that fits", "fresh_ds_fits", ">=", 1.0),
+    ("fresh loader's first epoch / in-order read, as_sequence, streamed store", "fresh_seq_streamed", ">=", 1.0),
+    ("fresh loader's first epoch / in-order read, as_dataset, streamed store", "fresh_ds_streamed", ">=", 1.0),
+    ("as_dataset in graph mode / Loader iterated in Python (reads_per_chunk=1)", "ds_over_loader", ">=", 0.9),
 ]
+#: Samples of the store that fits the default budget in the fresh-loader measurement (600 MB decoded).
+FRESH_FITS = 200_000
 
 
 @dataclass
@@ -404,6 +413,65 @@ def first_batch(bench: Bench) -> dict:
     return {"seconds": statistics.median(runs), "runs": runs}
 
 
+def fresh(bench: Bench) -> dict:
+    """A new loader per epoch, as short runs, sweeps and ``predict`` make one: samples/s of the whole first epoch
+    from the call that makes the loader, through both doors at the default budget, and seconds to the first
+    batch; on a store that fits the default budget (:data:`FRESH_FITS` samples, served while it is decoded) and
+    on the main store (streamed at the default budget). Each against zarr's in-order one-thread read of the same
+    store in this process; medians."""
+    import tensorflow as tf
+
+    store = Path(bench.args.store)
+    fits = str(store.with_name(f"fits-{min(FRESH_FITS, bench.n)}.zarr"))
+    make_store(fits, min(FRESH_FITS, bench.n), bench.args.chunk)
+    out = {}
+    for case, path in (("fits", fits), ("streamed", str(store))):
+        root = zarr.open_group(path, mode="r")
+        zx, zy = root["x"], root["y"]
+        n, chunk, bs = zx.shape[0], zx.chunks[0], bench.batch
+        arrays = daskfeed.open_zarr(path)
+
+        def raw(zx=zx, zy=zy, n=n, chunk=chunk) -> float:
+            started = time.perf_counter()
+            for start in range(0, n, chunk):
+                zx[start : start + chunk]
+                zy[start : start + chunk]
+            return n / (time.perf_counter() - started)
+
+        raw()
+        rates: dict[str, list[float]] = {"raw": [], "seq": [], "ds": [], "first": []}
+        for repeat in range(bench.args.repeats):
+            rates["raw"].append(raw())
+            started = time.perf_counter()
+            seq = daskfeed.as_sequence(arrays["x"], arrays["y"], batch_size=bs, seed=repeat)
+            served = sum(len(seq[i][1]) for i in range(len(seq)))
+            rates["seq"].append(served / (time.perf_counter() - started))
+            seq.close()
+            started = time.perf_counter()
+            ds = daskfeed.as_dataset(arrays["x"], arrays["y"], batch_size=bs, seed=repeat)
+            served = int(ds.reduce(tf.constant(0, tf.int64), lambda c, b: c + tf.shape(b[1], out_type=tf.int64)[0]))
+            rates["ds"].append(served / (time.perf_counter() - started))
+            ds.loader.close()
+            started = time.perf_counter()
+            seq = daskfeed.as_sequence(arrays["x"], arrays["y"], batch_size=bs, seed=repeat)
+            seq[0]
+            rates["first"].append(time.perf_counter() - started)
+            seq.close()
+        med = {k: statistics.median(v) for k, v in rates.items()}
+        out[case] = {
+            "samples": n,
+            "raw": med["raw"],
+            "seq": med["seq"],
+            "ds": med["ds"],
+            "seq_over_raw": med["seq"] / med["raw"],
+            "ds_over_raw": med["ds"] / med["raw"],
+            "first_batch_s": med["first"],
+            "first_batch_runs": rates["first"],
+            "runs": rates,
+        }
+    return out
+
+
 def scaling(args: argparse.Namespace) -> dict:
     """The loader alone in fresh processes pinned to 1 core and to 2 (``taskset``)."""
     import shutil
@@ -591,7 +659,13 @@ def targets(bench: Bench) -> list[dict]:
         "overlap": extra.get("overlap", {}).get("ratio_to_max"),
         "remote": extra.get("remote", {}).get("ratio"),
         "first_batch_s": extra.get("first_batch", {}).get("seconds"),
+        "first_batch_fits_s": extra.get("fresh", {}).get("fits", {}).get("first_batch_s"),
+        "ds_over_loader": rate[DS_R1] / extra["remote"]["local_samples_per_s"] if "remote" in extra else None,
     }
+    for case in ("fits", "streamed"):
+        got = extra.get("fresh", {}).get(case, {})
+        for door in ("seq", "ds"):
+            measured[f"fresh_{door}_{case}"] = got.get(f"{door}_over_raw")
     out = []
     for what, key, op, bound in TARGETS:
         value = measured[key]
@@ -658,6 +732,15 @@ def write(bench: Bench, out: Path, tag: str) -> dict:
             else f"not measured ({sc['why_not']})."
         ),
     ]
+    for case, f in bench.extra.get("fresh", {}).items():
+        lines += [
+            "",
+            f"Fresh loaders, {case} ({f['samples']:,} samples, default budget; a new loader per epoch, timed from "
+            f"the call that makes it): in-order read {f['raw']:,.0f} samples/s; as_sequence {f['seq']:,.0f} "
+            f"({f['seq_over_raw']:.2f}x), as_dataset {f['ds']:,.0f} ({f['ds_over_raw']:.2f}x); first batch "
+            + ", ".join(f"{s:.2f}" for s in f["first_batch_runs"])
+            + " s.",
+        ]
     if "memory" in bench.extra:
         m = bench.extra["memory"]
         if m.get("ran"):
@@ -731,6 +814,9 @@ def main(argv: list[str] | None = None) -> dict:
     make_store(args.store, args.samples, args.chunk)
     bench = Bench(args)
     run_all(bench)
+    print("11b. fresh loaders, first epoch and first batch", flush=True)
+    bench.extra["fresh"] = fresh(bench)
+    print(f"  {bench.extra['fresh']}", flush=True)
     print("12. core scaling", flush=True)
     bench.extra["scaling"] = scaling(args)
     print(f"  {bench.extra['scaling']}", flush=True)

@@ -14,7 +14,7 @@ from dask.utils import format_bytes
 from daskfeed.errors import MemoryBudgetError
 from daskfeed.mixing import MIXED_GROUPING
 from daskfeed.options import LoaderOptions
-from daskfeed.plan import PlanConfig, shard_chunks
+from daskfeed.plan import FIRST_WINDOW_CHUNKS, PlanConfig, shard_chunks
 from daskfeed.samples import Geometry, RowMap, SampleUnits
 
 __all__ = [
@@ -163,7 +163,18 @@ class Layout:
             shard=options.shard.as_tuple(),
             shard_chunks=self.shard_chunks,
             resident=self.resident,
+            progressive=self.serves_while_decoding(options),
             **self._rows(),
+        )
+
+    def serves_while_decoding(self, options: LoaderOptions) -> bool:
+        """Whether the first epoch is served while the data is decoded (resident, shuffled, one sample per row,
+        at least twice :data:`daskfeed.plan.FIRST_WINDOW_CHUNKS` chunks): see :class:`daskfeed.plan.EpochPlan`."""
+        return (
+            self.resident
+            and self.geometry is None
+            and options.shuffle
+            and len(self.shard_chunks) >= 2 * FIRST_WINDOW_CHUNKS
         )
 
     def _rows(self) -> dict[str, Any]:

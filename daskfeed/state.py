@@ -55,6 +55,8 @@ def fingerprint(inputs: Inputs, config: PlanConfig, geometry: Any = None) -> str
             config.resident,
         ],
     }
+    if config.progressive:  # left out otherwise, so that states taken before it existed still restore
+        described["progressive"] = True
     if config.subset is not None:  # a part of a split: another part's state is another loader's
         described["subset"] = config.subset.describe()
     if geometry is not None:  # left out otherwise, so that states taken before window= existed still restore

@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import functools
+import itertools
 import math
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
+from daskfeed.errors import DaskfeedError
 from daskfeed.inputs import Inputs, zarr_behind
 from daskfeed.integrity import StoreWatch
 from daskfeed.layout import Layout
@@ -20,7 +22,11 @@ from daskfeed.read import BlockSource, GraphRunner, ReadJob, Rows, read
 from daskfeed.samples import Gather, RowMap, hold
 from daskfeed.tools.progress import first_decode
 
-__all__ = ["Once", "SampleWindowMaker", "Window", "WindowMaker", "decoded_at_once", "window_maker"]
+__all__ = ["SampleWindowMaker", "Stages", "Window", "WindowMaker", "decoded_at_once", "window_maker"]
+
+_decode_ids = itertools.count()
+#: A window waiting for the load checks this often whether the loader was closed.
+WAIT_SLICE_S = 0.1
 
 
 @dataclass(eq=False)
@@ -47,31 +53,59 @@ def storage_rows(storage: list[np.ndarray]) -> int:
     return len(storage[0]) if storage else 0
 
 
-class Once:
-    """Runs a load once, in whichever thread asks first, while the others wait for it.
+class Stages:
+    """The loader's one load of what it holds in memory, run stage by stage on a thread of its own
+    (``daskfeed-decode-N``), while the windows that need only the first stages are served.
 
-    A failed load reaches every thread that waited for it and runs again when asked again.
+    Each stage is a call that reads some chunks and returns the bytes it decoded. :meth:`wait` blocks until a
+    stage and those before it are in, and gives the bytes of those stages not counted yet (each stage's
+    bytes are counted once). A failure reaches every thread that waits for that stage or a later one; the
+    window maker then starts a new load when asked again. The thread ends with the last stage, a failure,
+    or the loader's close.
     """
 
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._future: Future | None = None
+    def __init__(self, stages: list[Callable[[], int]], closed: threading.Event, note: Any, by_window: bool):
+        #: Whether stage ``w`` is what window ``w`` of epoch 0's plan serves (else one stage, or all of them).
+        self.by_window = by_window
+        self.last = len(stages) - 1
+        self._cond = threading.Condition()
+        self._closed = closed
+        self._done = 0
+        self._bytes = [0] * len(stages)
+        self._counted = 0
+        self.error: BaseException | None = None
+        thread = threading.Thread(
+            target=self._run, args=(stages, note), name=f"daskfeed-decode-{next(_decode_ids)}", daemon=True
+        )
+        thread.start()
 
-    def run(self, load: Callable[[], None]) -> None:
-        with self._lock:
-            future = self._future
-            mine = future is None or (future.done() and future.exception() is not None)
-            if mine:
-                future = self._future = Future()
-        if not mine:
-            future.result()
-            return
+    def _run(self, stages: list[Callable[[], int]], note: Any) -> None:
         try:
-            load()
-        except BaseException as err:
-            future.set_exception(err)
-            raise
-        future.set_result(None)
+            with note:
+                for stage, load in enumerate(stages):
+                    if self._closed.is_set():
+                        raise DaskfeedError("the loader was closed while its data was being decoded")
+                    decoded = load()
+                    with self._cond:
+                        self._bytes[stage], self._done = decoded, stage + 1
+                        self._cond.notify_all()
+        except BaseException as err:  # reaches the threads that wait for this stage
+            with self._cond:
+                self.error = err
+                self._cond.notify_all()
+
+    def wait(self, stage: int) -> int:
+        """Block until stages ``0`` to ``stage`` are in; the bytes they decoded that were not counted yet."""
+        with self._cond:
+            while self._done <= stage and self.error is None:
+                if self._closed.is_set():
+                    raise DaskfeedError("the loader was closed while its data was being decoded")
+                self._cond.wait(WAIT_SLICE_S)
+            if self._done <= stage:
+                raise self.error
+            decoded = sum(self._bytes[self._counted : stage + 1])
+            self._counted = max(self._counted, stage + 1)
+            return decoded
 
 
 class WindowMaker:
@@ -89,7 +123,8 @@ class WindowMaker:
         self._windowed = [i for i, leaf in enumerate(leaves) if leaf.name in layout.windowed]
         #: Leaves served by global sample index: numpy arrays and small arrays held whole.
         self._whole = [i for i, leaf in enumerate(leaves) if not leaf.lazy] + self._held
-        self._once = Once()
+        self._stages: Stages | None = None
+        self._stages_lock = threading.Lock()  # held while the load starts, which takes self._lock itself
         self._lock = threading.Lock()
         self._sources: dict[int, BlockSource] = {}
         self._memory: dict[int, np.ndarray] = {i: leaf.array for i, leaf in enumerate(leaves) if not leaf.lazy}
@@ -120,7 +155,7 @@ class WindowMaker:
 
     def make(self, plan: EpochPlan, window: int, storage: list[np.ndarray] | None) -> Window:
         started = time.perf_counter()
-        decoded = self._load()
+        decoded = self._load(plan, window)
         order = plan.window_order(window)
         arrays: list[Any] = [None] * len(self.inputs.leaves)
         takes: list[Any] = [None] * len(self.inputs.leaves)
@@ -175,39 +210,47 @@ class WindowMaker:
         ]
         return storage, buffers, read(jobs, self.scheduler)
 
-    def _load(self) -> int:
-        """Read what the loader holds in memory, once: the small arrays whole and, when the layout is resident,
-        this shard's chunks of every other lazy array. Returns the bytes decoded (0 once they are in)."""
+    def _load(self, plan: EpochPlan, window: int) -> int:
+        """Wait until what the loader holds in memory and ``window`` of ``plan`` serves is read: the small arrays
+        whole and, when the layout is resident, this shard's chunks of every other lazy array. Read once, on a
+        thread of its own; for a plan served while it is decoded (:attr:`EpochPlan.progressive`) in the stages
+        of its windows, so that window ``w`` waits only for the chunks of windows ``0`` to ``w``. Returns the
+        bytes decoded that no window counted yet."""
         if not self._held and not (self._windowed and self._holds_windowed()):
             return 0
-        decoded = 0
+        with self._stages_lock:
+            stages = self._stages
+            if stages is None or stages.error is not None:  # first use, or a failed load: (again) from the start
+                stages = self._stages = self._start(plan)
+        return stages.wait(window if stages.by_window and plan.progressive else stages.last)
 
-        def load() -> None:
-            nonlocal decoded
-            n = self.inputs.n_samples
-            jobs = [
-                ReadJob(self.inputs.leaves[i].name, self._source(i), self._allocate(i, n), [Rows(-1, 0, n, None, 0)])
-                for i in self._held
-            ]
-            if self._windowed:
-                jobs += self._windowed_jobs()
-            # Data that fits the budget is all decoded before the first batch: say so when that takes a while.
-            with first_decode(sum(job.buffer.nbytes for job in jobs) if self.layout.resident else 0):
-                decoded = read(jobs, self.scheduler)
-
-        self._once.run(load)
-        return decoded
+    def _start(self, plan: EpochPlan) -> Stages:
+        n = self.inputs.n_samples
+        held = [
+            ReadJob(self.inputs.leaves[i].name, self._source(i), self._allocate(i, n), [Rows(-1, 0, n, None, 0)])
+            for i in self._held
+        ]
+        by_window = plan.progressive and bool(self._windowed) and type(self) is WindowMaker
+        # By window: the chunks of each window of the plan, in its order, the arrays held whole with the first.
+        groups = [plan.read_chunk[plan.reads_of(w)] for w in range(plan.n_windows)] if by_window else [None]
+        jobs = [held * (stage == 0) + self._windowed_jobs(chunks) for stage, chunks in enumerate(groups)]
+        nbytes = sum(job.buffer.nbytes for job in {id(j.buffer): j for stage in jobs for j in stage}.values())
+        note = first_decode(nbytes if self.layout.resident else 0, while_served=by_window)
+        loads = [functools.partial(read, stage, self.scheduler) for stage in jobs]
+        return Stages(loads, self.scheduler.closed, note, by_window)
 
     def _holds_windowed(self) -> bool:
         """Whether something of the windowed arrays is held in memory (read by :meth:`_load`)."""
         return self.layout.resident
 
-    def _windowed_jobs(self) -> list[ReadJob]:
-        """The reads of the windowed arrays' rows held in memory: with a resident layout, the shard's chunks."""
+    def _windowed_jobs(self, chunks: np.ndarray | None = None) -> list[ReadJob]:
+        """The reads of the windowed arrays' rows held in memory: with a resident layout, the shard's chunks
+        (or those of them in ``chunks``)."""
         if not self.layout.resident:
             return []
-        bounds, chunks = self.layout.chunk_bounds, self.layout.shard_chunks
-        rows = int((bounds[chunks + 1] - bounds[chunks]).sum())
+        bounds, shard = self.layout.chunk_bounds, self.layout.shard_chunks
+        rows = int((bounds[shard + 1] - bounds[shard]).sum())
+        chunks = shard if chunks is None else np.sort(chunks)
         units = [Rows(int(c), int(bounds[c]), int(bounds[c + 1]), None, int(self._base[c])) for c in chunks]
         return [
             ReadJob(self.inputs.leaves[i].name, self._source(i), self._allocate(i, rows), units) for i in self._windowed
@@ -242,7 +285,7 @@ class SampleWindowMaker(WindowMaker):
     def _holds_windowed(self) -> bool:
         return self._rows is not None and self._rows.rows > 0
 
-    def _windowed_jobs(self) -> list[ReadJob]:
+    def _windowed_jobs(self, chunks: np.ndarray | None = None) -> list[ReadJob]:
         runs = self._rows
         if runs is None or not runs.rows:
             return []
@@ -263,7 +306,7 @@ class SampleWindowMaker(WindowMaker):
 
     def make(self, plan: EpochPlan, window: int, storage: list[np.ndarray] | None) -> Window:
         started = time.perf_counter()
-        decoded = self._load()
+        decoded = self._load(plan, window)
         g, u = self.geometry, self.units
         per_row = g.n_patches
         reading = not self.layout.resident and bool(self._windowed)

@@ -112,6 +112,15 @@ def test_a_loader_notes_the_one_decode_of_data_that_fits_its_budget(tmp_path, ca
         "epochs decode nothing ..."
     ) in err
     assert "daskfeed: decoded in " in err
+    many = write_store(tmp_path / "m.zarr", {"x": x}, {"x": 40})  # 100 chunks: served while decoded
+    with daskfeed.Loader(daskfeed.open_zarr(many)["x"], batch_size=100, seed=0) as loader:
+        assert loader.plan(0).progressive and sum(len(b) for b in loader) == 4000
+    err = capsys.readouterr().err
+    assert (
+        "daskfeed: decoding 125.00 kiB once, while the first epoch is served from the chunks decoded so far: it all "
+        "fits the memory budget, so later epochs decode nothing ...\n"
+    ) in err
+    assert "daskfeed: decoded in " in err
     monkeypatch.setenv("DASKFEED_PROGRESS", "0")
     with daskfeed.Loader(daskfeed.open_zarr(store)["x"], batch_size=100, seed=0) as loader:
         list(loader)

@@ -115,8 +115,11 @@ class Bar:
         self.close()
 
 
-def first_decode_note(nbytes: int, memory_budget: int | None = None, seconds: float | None = None) -> str:
-    """The note shown before the first batch of data that fits the budget, which is all decoded first.
+def first_decode_note(
+    nbytes: int, memory_budget: int | None = None, seconds: float | None = None, while_served: bool = False
+) -> str:
+    """The note shown when the loader starts decoding data that fits the budget: before the first batch, or
+    (``while_served``) while the first epoch is served from the chunks decoded so far.
 
     Examples
     --------
@@ -124,13 +127,15 @@ def first_decode_note(nbytes: int, memory_budget: int | None = None, seconds: fl
     'decoding 0.92 GiB once, ~2 s, before the first batch: it all fits memory_budget=1.00 GiB, so later epochs ...'
     >>> first_decode_note(int(0.92 * 2**30))  # doctest: +ELLIPSIS
     'decoding 0.92 GiB once, before the first batch: it all fits the memory budget, so later epochs decode nothing'
+    >>> first_decode_note(int(0.92 * 2**30), while_served=True)  # doctest: +ELLIPSIS
+    'decoding 0.92 GiB once, while the first epoch is served from the chunks decoded so far: it all fits ...'
     """
     eta = f", ~{seconds:.0f} s" if seconds is not None and seconds >= 0.5 else ""
     budget = "the memory budget" if memory_budget is None else f"memory_budget={format_bytes(memory_budget)}"
-    return (
-        f"decoding {format_bytes(nbytes)} once{eta}, before the first batch: it all fits {budget}, so later "
-        "epochs decode nothing"
-    )
+    when = "before the first batch"
+    if while_served:
+        when = "while the first epoch is served from the chunks decoded so far"
+    return f"decoding {format_bytes(nbytes)} once{eta}, {when}: it all fits {budget}, so later epochs decode nothing"
 
 
 @contextlib.contextmanager
@@ -141,20 +146,23 @@ def first_decode(
     seconds: float | None = None,
     enabled: bool | None = None,
     stream: Any = None,
+    while_served: bool = False,
 ) -> Iterator[None]:
     """Wrap the loader's one decode of data that fits its budget: a one-line note on standard error when it
     is large enough to wait for (``FIRST_DECODE_NOTE_BYTES``), ended with how long it took.
 
     ``seconds`` is an estimate to show, when the caller has one; ``enabled`` defaults to
-    :func:`progress_default`. On a terminal the note and its ending share one line.
+    :func:`progress_default`. On a terminal the note and its ending share one line, unless batches are served
+    meanwhile (``while_served``: training prints its own progress in between).
     """
     stream = sys.stderr if stream is None else stream
     enabled = progress_default(stream) if enabled is None else enabled
     if not enabled or nbytes < FIRST_DECODE_NOTE_BYTES:
         yield
         return
-    tty = _terminal(stream)
-    print(f"daskfeed: {first_decode_note(nbytes, memory_budget, seconds)} ...", end="" if tty else "\n", file=stream)
+    tty = _terminal(stream) and not while_served
+    note = first_decode_note(nbytes, memory_budget, seconds, while_served)
+    print(f"daskfeed: {note} ...", end="" if tty else "\n", file=stream)
     stream.flush()
     started = time.perf_counter()
     ok = False
