@@ -87,7 +87,10 @@ class Interrupts:
     and the user's handler does the rest.
     """
 
-    _lock = threading.Lock()
+    # Re-entrant: a loader's finalizer (``_settle``) may run in the main thread while it holds the lock, when the
+    # garbage collector runs inside a call made under it (``signal.signal``, a set's ``add``).
+    _lock = threading.RLock()
+    _settling = False  # inside _install / _uninstall: a _settle that re-enters then leaves it to the outer one
     _reader: socket.socket | None = None
     _writer: socket.socket | None = None
     _seen = 0  # Ctrl-C presses read off the socket so far
@@ -127,11 +130,17 @@ class Interrupts:
         if threading.current_thread() is not threading.main_thread():
             return
         with cls._lock:
+            if cls._settling:  # re-entered by a finalizer while this thread installs or puts back
+                return
             wanted = any(True for _ in cls._open) and not cls._exiting  # a loader being collected is not
-            if wanted and cls._reader is None:
-                cls._install()
-            elif not wanted and cls._reader is not None:
-                cls._uninstall()
+            cls._settling = True
+            try:
+                if wanted and cls._reader is None:
+                    cls._install()
+                elif not wanted and cls._reader is not None:
+                    cls._uninstall()
+            finally:
+                cls._settling = False
 
     @classmethod
     def _install(cls) -> None:
@@ -285,7 +294,8 @@ atexit.register(Interrupts.at_exit)  # at import: it runs after the handlers reg
 
 def _after_fork_in_child() -> None:
     """A forked child gets locks of its own: one a parent thread held at the fork would never be released."""
-    Interrupts._lock = threading.Lock()
+    Interrupts._lock = threading.RLock()
+    Interrupts._settling = False
     Interrupts._changed = threading.Condition(Interrupts._lock)
     Interrupts._waiting = 0
 

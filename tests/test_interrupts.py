@@ -72,6 +72,41 @@ def test_what_a_loader_installs_is_there_only_while_one_is_open_and_never_in_pla
     ], done.stderr[-3000:]
 
 
+COLLECTED_WHILE_INSTALLING = """
+import gc, signal, numpy as np, daskfeed
+from daskfeed.interrupts import Interrupts
+
+x = np.zeros((10, 1), "f4")
+first = daskfeed.Loader(x, batch_size=2)
+first.itself = first  # a cycle: only the collector frees it, whenever it next runs
+first.close()  # the last open loader: what it installed is put back
+install = Interrupts._install
+
+def install_while_collecting():
+    global first
+    first = None
+    gc.collect()  # first's finalizer runs here, in the main thread, while the second loader installs
+    install()
+
+Interrupts._install = classmethod(lambda cls: install_while_collecting())
+second = daskfeed.Loader(x, batch_size=2)
+print(signal.getsignal(signal.SIGINT) == Interrupts._on_sigint)
+second.close()
+print(signal.getsignal(signal.SIGINT) is signal.default_int_handler)
+"""
+
+
+def test_a_loader_collected_while_another_installs_does_not_hang_the_process(tmp_path):
+    """The collector may run a dropped loader's finalizer at any allocation, also inside daskfeed's own
+    install or put-back in the main thread (seen as a hang of the suite on Python 3.13): it must not wait for
+    the lock that thread holds."""
+    script = tmp_path / "collected.py"
+    script.write_text(COLLECTED_WHILE_INSTALLING)
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.splitlines() == ["True", "True"], done.stderr[-3000:]
+
+
 def explode_on_chunk_2(block, block_info=None):
     if block_info[0]["chunk-location"][0] == 2:
         raise OSError("disk gone")
