@@ -80,7 +80,9 @@ def as_dataset(
 
 
 def dataset_from_loader(loader: Loader) -> tf.data.Dataset:
-    """The ``tf.data.Dataset`` of a :class:`daskfeed.Loader`, starting at its current epoch."""
+    """The ``tf.data.Dataset`` of a :class:`daskfeed.Loader`: each iteration serves the epoch the loader's
+    position says (:meth:`daskfeed.Loader.start_pass`): its current epoch while none of its batches was handed
+    out, else the next."""
     if loader.options.transform is not None:
         return _transformed_dataset(loader)
     batch = loader.batch_size

@@ -230,10 +230,11 @@ class WindowMaker:
             ReadJob(self.inputs.leaves[i].name, self._source(i), self._allocate(i, n), [Rows(-1, 0, n, None, 0)])
             for i in self._held
         ]
-        by_window = plan.progressive and bool(self._windowed) and type(self) is WindowMaker
+        by_window = plan.progressive and bool(self._windowed)  # progressive: one sample per row (the layout's rule)
         # By window: the chunks of each window of the plan, in its order, the arrays held whole with the first.
         groups = [plan.read_chunk[plan.reads_of(w)] for w in range(plan.n_windows)] if by_window else [None]
-        jobs = [held * (stage == 0) + self._windowed_jobs(chunks) for stage, chunks in enumerate(groups)]
+        jobs = [self._windowed_jobs(chunks) for chunks in groups]
+        jobs[0] = held + jobs[0]
         nbytes = sum(job.buffer.nbytes for job in {id(j.buffer): j for stage in jobs for j in stage}.values())
         note = first_decode(nbytes if self.layout.resident else 0, while_served=by_window)
         loads = [functools.partial(read, stage, self.scheduler) for stage in jobs]

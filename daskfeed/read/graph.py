@@ -33,10 +33,6 @@ def _select(data: Any, *, parts: list[Rows], base: int) -> list[np.ndarray]:
     return [data[p.local(base)] for p in parts]
 
 
-def _write(job: ReadJob, parts: list[Rows], base: int, data: Any) -> None:
-    job.put(parts, data, base)
-
-
 def _read_zarr(job: ReadJob, parts: list[Rows]) -> None:
     """Decode what ``parts`` need of one zarr chunk, straight into the buffer when the rows are contiguous."""
     array = job.source.zarr
@@ -114,7 +110,7 @@ def _graph(jobs: list[ReadJob], local: bool) -> tuple[dict, list, list]:
             graph.update(sub)
             base = int(source.bounds[b])
             if local:
-                write = functools.partial(_write, job, parts, base)
+                write = functools.partial(job.put, parts, base=base)
             else:
                 write = functools.partial(_select, parts=parts, base=base)
             graph[(token, j, "block", b)] = (write, task)
