@@ -292,7 +292,7 @@ class WindowCache:
         storage = self.spare.pop(fits) if fits is not None else None
         while self.spare and len(self.spare) + len(self.entries) >= SLOTS:
             self.spare.pop(0)
-        future = self.pool.submit(self._run, plan, window, storage)
+        future = self.pool.submit(self._run, plan, window, storage, rank=(plan.epoch, window))
         self.entries[(plan.epoch, window)] = _Entry(future, plan)
         future.add_done_callback(lambda _f: self._notify())
 

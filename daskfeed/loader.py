@@ -302,7 +302,8 @@ class Loader:
         # a process forked while another thread holds it. Two threads working it out at once agree.
         digest = self.__dict__.get("_fingerprint")
         if digest is None:
-            digest = self._fingerprint = fingerprint(self.inputs, self.config, self.geometry)
+            starts_small = self.plan(0).starts_small
+            digest = self._fingerprint = fingerprint(self.inputs, self.config, self.geometry, starts_small)
         return digest
 
     def state(self, epoch: int | None = None, next_batch: int | None = None) -> dict[str, Any]:

@@ -17,15 +17,13 @@ from daskfeed.errors import InputError
 
 __all__ = ["EpochPlan", "PlanConfig", "shard_chunks"]
 
-#: With ``GROW_WINDOWS = 4`` the first windows of epoch 0 hold 1/16, 1/8, 1/4 and 1/2 of a full window (at least
-#: one read unit and a batch each), so the first batch waits for a small read. Off: a small window draws its
-#: batches from one or two chunks, which on a store sorted by label are batches of one label; the demo's
-#: accuracy after 2 epochs fell from 0.944 to 0.876 with it on. Safe only where chunks are mixed inside.
-GROW_WINDOWS = 0
-#: Epoch 0 of a resident plan (data that fits the budget) is served while it is decoded (``PlanConfig.progressive``):
-#: its chunks in a seeded random order, packed into windows that double, the first of at least this many chunks
-#: from all over the array (what ``reads_per_chunk="auto"`` counts as enough places to draw a batch from), so a
-#: store sorted by label gives mixed batches from the first one. Only for shards of at least twice as many chunks.
+#: Epoch 0 starts with small windows, so that its first batch waits for a small read: its first window holds this
+#: many reads (of as many chunks when there are that many, drawn from all over the array: what
+#: ``reads_per_chunk="auto"`` counts as enough places to draw a batch from, so a store sorted by label still gives
+#: mixed batches), each next one twice as many, up to a full window. Data that fits the budget
+#: (``PlanConfig.progressive``) is served this way while its one decode runs, its chunks decoded in that seeded
+#: random order; streamed data reads the small windows first. Only where a full window holds at least twice as many
+#: reads.
 FIRST_WINDOW_CHUNKS = 32
 
 # Keys that keep the random streams of the plan independent of one another.
@@ -160,12 +158,17 @@ class EpochPlan:
             segments = np.asarray(config.segment_rows, np.int64)[self.read_chunk]
             self.read_held = np.minimum(segments, self.read_size * config.sample_rows)
             held_offsets, cap = np.concatenate([[0], np.cumsum(self.read_held)]), config.window_rows
-        grow = GROW_WINDOWS if epoch == 0 and not self.resident and len(self.read_size) else 0
-        if self.progressive:  # windows of 1/2**grow, ..., 1/4, 1/2 of the shard, and the rest
-            grow = max(0, int(np.log2(max(1, len(self.read_size)) / FIRST_WINDOW_CHUNKS)))
-        # A grown window still holds more than a batch, so that a batch spans at most two windows.
-        least = int(self.read_held.max()) + config.batch_size if grow else 0
-        self.window_reads = self._pack(held_offsets, int(held_offsets[-1]) if self.resident else cap, grow, least)
+        cap = int(held_offsets[-1]) if self.resident else cap
+        first = 0  # rows of epoch 0's first window when it starts small, else 0
+        if epoch == 0 and len(self.read_size) > FIRST_WINDOW_CHUNKS and (self.progressive or not self.resident):
+            full = int(np.searchsorted(held_offsets, cap, side="right")) - 1  # reads of a full window
+            if full >= 2 * FIRST_WINDOW_CHUNKS:  # windows of 32, 64, 128... reads, then full ones
+                first = int(held_offsets[FIRST_WINDOW_CHUNKS])
+        # A small window still holds more than a batch, so that a batch spans at most two windows.
+        least = int(self.read_held.max()) + config.batch_size if first else 0
+        #: Whether this epoch starts with small windows (:data:`FIRST_WINDOW_CHUNKS` reads, then twice as many...).
+        self.starts_small = bool(first)
+        self.window_reads = self._pack(held_offsets, cap, first, least)
         self.held_offsets = held_offsets
         self.window_offsets = read_offsets[self.window_reads]
         self._offsets = self.window_offsets.tolist()
@@ -176,16 +179,18 @@ class EpochPlan:
         self.n_served = min(self.n_samples, self.n_batches * bs)
 
     @staticmethod
-    def _pack(read_offsets: np.ndarray, window_samples: int, grow: int = 0, least: int = 0) -> np.ndarray:
-        """Greedy packing: a window takes reads while they fit in ``window_samples``, and at least one; window
-        ``k < grow`` in ``window_samples / 2**(grow - k)``, but at least ``least`` samples."""
+    def _pack(read_offsets: np.ndarray, window_samples: int, first: int = 0, least: int = 0) -> np.ndarray:
+        """Greedy packing: a window takes reads while they fit in ``window_samples``, and at least one; with
+        ``first``, window ``k`` in ``first * 2**k`` while that is smaller, but at least ``least`` samples."""
         starts = [0]
         n_reads = len(read_offsets) - 1
+        cap = first or window_samples
         while starts[-1] < n_reads:
             s = starts[-1]
-            cap = min(window_samples, max(least, window_samples >> max(0, grow - (len(starts) - 1))))
-            stop = int(np.searchsorted(read_offsets, read_offsets[s] + cap, side="right")) - 1
+            take = min(window_samples, max(least, cap))
+            stop = int(np.searchsorted(read_offsets, read_offsets[s] + take, side="right")) - 1
             starts.append(min(max(stop, s + 1), n_reads))
+            cap = min(window_samples, 2 * cap)
         return np.asarray(starts, dtype=np.int64)
 
     @property

@@ -9,7 +9,7 @@ from typing import Any, NamedTuple
 
 from daskfeed.errors import InputError, InputTypeError
 from daskfeed.inputs import Inputs
-from daskfeed.plan import PlanConfig
+from daskfeed.plan import FIRST_WINDOW_CHUNKS, PlanConfig
 
 __all__ = ["STATE_VERSION", "Position", "check_state", "fingerprint", "make_state"]
 
@@ -36,10 +36,11 @@ class Position(NamedTuple):
         return cls(*divmod(int(index), n_batches))
 
 
-def fingerprint(inputs: Inputs, config: PlanConfig, geometry: Any = None) -> str:
+def fingerprint(inputs: Inputs, config: PlanConfig, geometry: Any = None, starts_small: bool = False) -> str:
     """A digest of everything batch ``i`` of epoch ``e`` depends on: the arrays' names, shapes, dtypes and
-    chunking, the plan (seed, batch size, shuffle, read units, reads per chunk, window size, shard), and what a
-    sample is (``window`` and ``stride``, when given)."""
+    chunking, the plan (seed, batch size, shuffle, read units, reads per chunk, window size, shard, whether epoch
+    0 starts with small windows: :attr:`daskfeed.plan.EpochPlan.starts_small`), and what a sample is (``window``
+    and ``stride``, when given)."""
     described = {
         "leaves": [[leaf.name, list(leaf.array.shape), str(leaf.dtype)] for leaf in inputs.leaves],
         "structure": [[role, list(keys) if keys else None] for role, keys in inputs.structure],
@@ -57,6 +58,8 @@ def fingerprint(inputs: Inputs, config: PlanConfig, geometry: Any = None) -> str
     }
     if config.progressive:  # left out otherwise, so that states taken before it existed still restore
         described["progressive"] = True
+    if starts_small and config.shuffle:  # without a shuffle the windows' cut changes no batch
+        described["first_window_reads"] = FIRST_WINDOW_CHUNKS
     if config.subset is not None:  # a part of a split: another part's state is another loader's
         described["subset"] = config.subset.describe()
     if geometry is not None:  # left out otherwise, so that states taken before window= existed still restore

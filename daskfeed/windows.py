@@ -208,7 +208,7 @@ class WindowMaker:
             ReadJob(leaf.name, self._source(i), buffer, units, scatter)
             for i, leaf, buffer in zip(self._windowed, leaves, buffers)
         ]
-        return storage, buffers, read(jobs, self.scheduler)
+        return storage, buffers, read(jobs, self.scheduler, (plan.epoch, window))
 
     def _load(self, plan: EpochPlan, window: int) -> int:
         """Wait until what the loader holds in memory and ``window`` of ``plan`` serves is read: the small arrays
@@ -237,7 +237,7 @@ class WindowMaker:
         jobs[0] = held + jobs[0]
         nbytes = sum(job.buffer.nbytes for job in {id(j.buffer): j for stage in jobs for j in stage}.values())
         note = first_decode(nbytes if self.layout.resident else 0, while_served=by_window)
-        loads = [functools.partial(read, stage, self.scheduler) for stage in jobs]
+        loads = [functools.partial(read, stage, self.scheduler, (plan.epoch, w)) for w, stage in enumerate(jobs)]
         return Stages(loads, self.scheduler.closed, note, by_window)
 
     def _holds_windowed(self) -> bool:
@@ -370,7 +370,7 @@ class SampleWindowMaker(WindowMaker):
             jobs = [
                 ReadJob(leaf.name, self._source(i), b, reads) for i, leaf, b in zip(self._windowed, windowed, buffers)
             ]
-            decoded += read(jobs, self.scheduler)
+            decoded += read(jobs, self.scheduler, (plan.epoch, window))
             rows = np.concatenate(places)
             rows = rows if order is None else rows[order]
             owned += [*storage, rows]

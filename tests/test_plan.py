@@ -10,9 +10,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import daskfeed.plan as plan_module
 from daskfeed.errors import InputError
-from daskfeed.plan import EpochPlan, PlanConfig
+from daskfeed.plan import FIRST_WINDOW_CHUNKS, EpochPlan, PlanConfig
 
 #: Whether a plan holds its whole shard in memory (one window), drawn one time in three.
 RESIDENT = st.sampled_from([False, False, True])
@@ -196,20 +195,29 @@ def test_resident_plans_shuffle_the_whole_shard_every_epoch():
 
 
 @pytest.mark.parametrize("reads", [1, 3])
-def test_epoch_0_starts_with_small_windows_that_grow_to_the_full_size(reads, monkeypatch):
-    """Off by default (GROW_WINDOWS = 0: small first windows of a sorted store give single-label batches);
-    the code stays correct for whoever turns it on."""
-    monkeypatch.setattr(plan_module, "GROW_WINDOWS", 4)
-    GROW_WINDOWS = plan_module.GROW_WINDOWS
-    bounds = np.arange(0, 100 * 64 + 1, 64)  # 100 chunks of 64 samples
+def test_epoch_0_starts_with_small_windows_of_many_chunks_that_grow_to_the_full_size(reads):
+    """The first window of epoch 0 holds FIRST_WINDOW_CHUNKS reads of as many chunks; the next double."""
+    bounds = np.arange(0, 1000 * 16 + 1, 16)  # 1,000 chunks of 16 samples
     config = PlanConfig(chunk_bounds=bounds, batch_size=10, seed=1, reads_per_chunk=reads, window_samples=3200)
     first, later = EpochPlan(config, 0), EpochPlan(config, 1)
+    counts = [len(first.reads_of(w)) for w in range(first.n_windows)]
     sizes = [first.window_size(w) for w in range(first.n_windows)]
-    least = int(first.read_size.max()) + 10
-    for k in range(GROW_WINDOWS):  # 1/16, 1/8, 1/4, 1/2 of a full window, never less than a unit and a batch
-        cap = max(least, 3200 >> (GROW_WINDOWS - k))
-        assert cap - int(first.read_size.max()) < sizes[k] <= cap
-    assert sizes[0] < sizes[1] < sizes[2] < sizes[3] < sizes[4]
-    assert all(3200 - 64 < s <= 3200 for s in sizes[GROW_WINDOWS:-1])
-    assert all(3200 - 64 < later.window_size(w) <= 3200 for w in range(later.n_windows - 1))  # epoch 1: full
-    np.testing.assert_array_equal(np.sort(epoch_samples(first)), np.arange(6400))
+    biggest = int(first.read_size.max())
+    assert counts[0] == FIRST_WINDOW_CHUNKS
+    small = next(k for k, s in enumerate(sizes) if s > 3200 - biggest)  # the windows before are small
+    assert small >= 2
+    for k in range(1, small):  # twice the samples of the first (give or take a read), never more than full
+        assert first.window_size(0) * 2**k - biggest < sizes[k] <= first.window_size(0) * 2**k
+    assert all(3200 - biggest < s <= 3200 for s in sizes[small:-1])
+    assert all(3200 - biggest < later.window_size(w) <= 3200 for w in range(later.n_windows - 1))  # epoch 1: full
+    head = first.read_chunk[first.reads_of(0)]
+    assert len(set(head.tolist())) == len(head)  # as many chunks
+    assert np.ptp(head) > 700  # from all over the array
+    np.testing.assert_array_equal(np.sort(epoch_samples(first)), np.arange(16000))
+
+
+def test_windows_of_fewer_than_twice_first_window_chunks_reads_are_all_full_size():
+    bounds = np.arange(0, 100 * 64 + 1, 64)
+    config = PlanConfig(chunk_bounds=bounds, batch_size=10, seed=1, window_samples=63 * 64)  # 63 reads a window
+    plan = EpochPlan(config, 0)
+    assert [plan.window_size(w) for w in range(plan.n_windows)] == [63 * 64, 37 * 64]

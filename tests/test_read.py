@@ -3,9 +3,11 @@ and every ChunkReadError built in one place."""
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import pathlib
 import re
+import threading
 
 import dask.array as da
 import numpy as np
@@ -15,7 +17,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import daskfeed
-from daskfeed.read import BlockSource, GraphRunner, ReadJob, Rows, read
+from daskfeed.read import BlockSource, GraphRunner, ReadJob, Rows, WorkerPool, read
+from daskfeed.read.runner import LAST, Slots
 
 N, WIDTH = 203, 6
 
@@ -105,3 +108,53 @@ def test_every_chunk_read_error_is_built_in_one_place():
         if re.search(r"ChunkReadError\(\s*f?[\"']", path.read_text())
     }
     assert built == {"read/failure.py"}
+
+
+def test_the_read_pool_runs_the_lowest_rank_first_then_in_the_order_submitted():
+    pool = WorkerPool(max_threads=1, name="daskfeed-test")
+    started, release, ran = threading.Event(), threading.Event(), []
+
+    def block():
+        started.set()
+        release.wait(10)
+
+    pool.submit(block, rank=(0, 0))
+    assert started.wait(10)  # the one thread is busy: the rest queue up
+    futures = [
+        pool.submit(ran.append, name, rank=rank)
+        for name, rank in [("ahead-2", (0, 2)), ("next-epoch", (1, 0)), ("window-1", (0, 1)), ("last", LAST)]
+    ]
+    futures.append(pool.submit(ran.append, "window-1-again", rank=(0, 1)))
+    release.set()
+    for future in futures:
+        future.result(timeout=10)
+    assert ran == ["window-1", "window-1-again", "ahead-2", "next-epoch", "last"]
+    pool.close()
+
+
+def test_places_in_flight_go_to_the_lowest_rank_waiting_and_none_is_lost():
+    async def main():
+        slots = Slots(2)
+        got, gate = [], asyncio.Event()
+
+        async def request(name, rank):
+            async with slots.held(rank):
+                got.append(name)
+                await gate.wait()
+
+        first = [asyncio.ensure_future(request(f"early-{i}", (0, 5))) for i in range(2)]
+        await asyncio.sleep(0)  # both places taken
+        waiting = [asyncio.ensure_future(request(name, rank)) for name, rank in [("w3", (0, 3)), ("w1", (0, 1))]]
+        waiting += [asyncio.ensure_future(request("w2", (0, 2))), asyncio.ensure_future(request("gone", (0, 0)))]
+        await asyncio.sleep(0)
+        waiting[-1].cancel()  # a waiter that gives up holds no place
+        await asyncio.sleep(0)
+        assert got == ["early-0", "early-1"]
+        gate.set()
+        await asyncio.gather(*first, *waiting[:-1])
+        assert got == ["early-0", "early-1", "w1", "w2", "w3"]
+        assert slots._free == 2 and not slots._waiting  # every place came back
+        async with slots.held((9,)), slots.held((9,)):  # and both can be taken again at once
+            pass
+
+    asyncio.run(main())

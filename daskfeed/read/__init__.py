@@ -17,7 +17,7 @@ from daskfeed.read.chunks import chunk_targets, read_chunks
 from daskfeed.read.failure import read_failed
 from daskfeed.read.graph import NoWorkers, locate_failure, read_graph
 from daskfeed.read.rows import BlockSource, ReadJob, Rows
-from daskfeed.read.runner import DEFAULT_CONCURRENCY, GraphRunner, WorkerPool, usable_cores
+from daskfeed.read.runner import DEFAULT_CONCURRENCY, LAST, GraphRunner, WorkerPool, usable_cores
 
 __all__ = [
     "DEFAULT_CONCURRENCY",
@@ -31,8 +31,12 @@ __all__ = [
 ]
 
 
-def read(jobs: list[ReadJob], runner: GraphRunner) -> int:
+def read(jobs: list[ReadJob], runner: GraphRunner, rank: tuple = LAST) -> int:
     """Read every job's rows into its buffer; returns the bytes of the blocks decoded.
+
+    ``rank``: ``(epoch, window)`` of the window this read makes. On daskfeed's threads and among the requests in
+    flight, the work of the lowest rank goes first, so the window a batch waits for is not held up by windows
+    read ahead of it.
 
     In this process, zarr arrays the fast path takes are read by :func:`~daskfeed.read.chunks.read_chunks`
     and the rest by one dask computation; on a cluster everything is one dask computation. A failure is a
@@ -45,10 +49,10 @@ def read(jobs: list[ReadJob], runner: GraphRunner) -> int:
         fast = [job for job in jobs if runner.shared_memory and job.source.codec is not None]
         targets = [target for job in fast for target in chunk_targets(job)]
         if targets:
-            read_chunks(targets, runner.submit, runner.closed, runner.in_flight)
+            read_chunks(targets, runner.submit, runner.closed, runner.in_flight, rank)
         others = [job for job in jobs if job not in fast]
         if others:
-            read_graph(others, runner)
+            read_graph(others, runner, rank)
     except DaskfeedError:  # a ChunkReadError of the fast path, or closed while waiting
         raise
     except Exception as err:

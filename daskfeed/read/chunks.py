@@ -16,6 +16,7 @@ from daskfeed import _compat
 from daskfeed.errors import ChunkReadError, DaskfeedError
 from daskfeed.read.failure import read_failed, timeout_knob
 from daskfeed.read.rows import ReadJob, Rows, rows_at
+from daskfeed.read.runner import LAST, Slots
 
 __all__ = ["ChunkTarget", "chunk_targets", "read_chunks"]
 
@@ -128,19 +129,21 @@ def read_chunks(
     targets: list[ChunkTarget],
     submit: Callable[..., Future],
     closed: threading.Event,
-    in_flight: Callable[[], asyncio.Semaphore],
+    in_flight: Callable[[], Slots],
+    rank: tuple = LAST,
 ) -> None:
     """Read every target: local files on ``submit``'s threads; other stores fetched through zarr's event loop,
     at most ``in_flight()``'s count of requests at once, each chunk decoded on ``submit``'s threads as it
-    arrives. Raises :class:`ChunkReadError` naming the first chunk that failed, or :class:`DaskfeedError`
+    arrives; the work of the lowest ``rank`` first (see :func:`daskfeed.read.read`). Raises
+    :class:`ChunkReadError` naming the first chunk that failed, or :class:`DaskfeedError`
     when ``closed`` is set while waiting."""
     local = [t for t in targets if t.job.source.codec.root is not None]
-    futures = [submit(_read_local, task) for task in _tasks(local)]
+    futures = [submit(_read_local, task, rank=rank) for task in _tasks(local)]
     remote = [t for t in targets if t.job.source.codec.root is None]
     decodes: list[Future] = []  # of chunks fetched from other stores
     try:
         if remote:
-            _compat.run_on_zarr_loop(_fetch_all(remote, submit, closed, in_flight(), decodes))
+            _compat.run_on_zarr_loop(_fetch_all(remote, submit, closed, in_flight(), decodes, rank))
         _wait(futures, closed)
     finally:
         futures += decodes
@@ -164,8 +167,9 @@ async def _fetch_all(
     targets: list[ChunkTarget],
     submit: Callable[..., Future],
     closed: threading.Event,
-    limit: asyncio.Semaphore,
+    limit: Slots,
     decodes: list[Future],
+    rank: tuple,
 ) -> None:
     async def get(target: ChunkTarget) -> Any:
         codec = target.job.source.codec
@@ -176,7 +180,7 @@ async def _fetch_all(
 
     async def one(target: ChunkTarget) -> None:
         timeout = target.job.source.codec.read_timeout
-        async with limit:  # the bound starts with the request, not while it waits for a place in flight
+        async with limit.held(rank):  # the bound starts with the request, not while it waits for a place
             if timeout is None:
                 raw = await get(target)
             else:
@@ -186,7 +190,7 @@ async def _fetch_all(
                     raw = await asyncio.wait_for(get(target), timeout)
                 except TimeoutError as err:
                     raise _timed_out(target) from err
-        decodes.append(submit(_decode_into, target, raw))
+        decodes.append(submit(_decode_into, target, raw, rank=rank))
         await asyncio.wrap_future(decodes[-1])
 
     tasks = [asyncio.ensure_future(one(t)) for t in targets]

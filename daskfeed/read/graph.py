@@ -18,7 +18,7 @@ from daskfeed._compat import buffer_prototype
 from daskfeed.errors import ChunkReadError, DaskfeedError
 from daskfeed.read.failure import read_failed, waited
 from daskfeed.read.rows import BlockSource, ReadJob, Rows, rows_at
-from daskfeed.read.runner import GraphRunner
+from daskfeed.read.runner import LAST, GraphRunner
 
 __all__ = ["NoWorkers", "locate_failure", "read_graph"]
 
@@ -119,12 +119,12 @@ def _graph(jobs: list[ReadJob], local: bool) -> tuple[dict, list, list]:
     return graph, outs, places
 
 
-def read_graph(jobs: list[ReadJob], runner: GraphRunner) -> None:
-    """Read ``jobs`` with one dask computation: in this process (tasks write into the buffers), or elsewhere
-    (rows come back and are copied in as they arrive)."""
+def read_graph(jobs: list[ReadJob], runner: GraphRunner, rank: tuple = LAST) -> None:
+    """Read ``jobs`` with one dask computation: in this process (tasks write into the buffers; on daskfeed's
+    threads the lowest ``rank`` first), or elsewhere (rows come back and are copied in as they arrive)."""
     if runner.shared_memory:
         graph, outs, _ = _graph(jobs, local=True)
-        runner.get(graph, outs)
+        runner.get(graph, outs, rank)
         return
     graph, outs, places = _graph(jobs, local=False)
 
@@ -134,7 +134,7 @@ def read_graph(jobs: list[ReadJob], runner: GraphRunner) -> None:
             job.buffer[rows_at(job.scatter, p.at, len(value))] = value
 
     if runner.client is None:
-        for i, values in enumerate(runner.get(graph, outs)):
+        for i, values in enumerate(runner.get(graph, outs, rank)):
             place(i, values)
         return
     futures = runner.client.get(graph, outs, sync=False)
