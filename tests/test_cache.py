@@ -10,8 +10,9 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
+import daskfeed
 from daskfeed import OrderWarning
-from daskfeed.cache import WindowCache
+from daskfeed.cache import ALIGN, WindowCache, aligned_empty
 from daskfeed.layout import SLOTS
 from daskfeed.plan import EpochPlan, PlanConfig
 from daskfeed.windows import Window
@@ -118,3 +119,21 @@ def test_a_failed_window_gives_its_slot_back_and_fails_again_when_asked_again():
 
     with pytest.raises(DaskfeedError, match="closed"):
         windows.cache.take(plan, 0, 1, [LEAF])
+
+
+@pytest.mark.parametrize("dtype", ["u1", "f4", "f8", "c16", "M8[s]", [("a", "i2"), ("b", "f8")]])
+@pytest.mark.parametrize("shape", [(0, 3), (1,), (7, 5, 3), (1000, 3)])
+def test_batches_start_on_a_64_byte_boundary_whatever_their_shape_and_dtype(shape, dtype):
+    """TensorFlow takes a 64-byte-aligned array as a tensor without copying it."""
+    a = aligned_empty(shape, dtype)
+    assert a.shape == shape and a.dtype == np.dtype(dtype) and a.flags.c_contiguous and a.flags.writeable
+    assert a.size == 0 or a.ctypes.data % ALIGN == 0  # an empty array has no memory to align
+    a[...] = np.zeros(shape, dtype)  # the whole array is writable memory of its own
+    assert a.nbytes == int(np.prod(shape)) * np.dtype(dtype).itemsize
+
+
+def test_a_loaders_blocks_are_aligned(tmp_path):
+    x = np.arange(1000 * 3, dtype="f4").reshape(1000, 3)
+    with daskfeed.Loader(x, np.arange(1000), batch_size=10, seed=0) as loader:
+        for xb, yb in loader.blocks(0, 7):
+            assert xb.ctypes.data % ALIGN == 0 and yb.ctypes.data % ALIGN == 0
