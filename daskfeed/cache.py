@@ -219,7 +219,9 @@ class WindowCache:
                     if isinstance(take, slice):
                         o[dest] = array[take.start + lo : take.start + hi]
                     elif isinstance(take, np.ndarray):
-                        np.take(array, take[lo:hi], axis=0, out=o[dest])
+                        # mode="clip": the plan's rows are in range, and "raise" gathers into a buffer of its
+                        # own first and copies that (2-5x slower for a block of 8,192 rows, 2.7x for a batch)
+                        np.take(array, take[lo:hi], axis=0, out=o[dest], mode="clip")
                     else:  # samples cut by window=: gathered from raw rows
                         take.into(array, lo, hi, o[dest])
                 batches = plan.batches_of(w)
