@@ -160,7 +160,7 @@ class EpochPlan:
             held_offsets, cap = np.concatenate([[0], np.cumsum(self.read_held)]), config.window_rows
         cap = int(held_offsets[-1]) if self.resident else cap
         first = 0  # rows of epoch 0's first window when it starts small, else 0
-        if epoch == 0 and len(self.read_size) > FIRST_WINDOW_CHUNKS and (self.progressive or not self.resident):
+        if epoch == 0 and (self.progressive or not self.resident):
             full = int(np.searchsorted(held_offsets, cap, side="right")) - 1  # reads of a full window
             if full >= 2 * FIRST_WINDOW_CHUNKS:  # windows of 32, 64, 128... reads, then full ones
                 first = int(held_offsets[FIRST_WINDOW_CHUNKS])

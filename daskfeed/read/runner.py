@@ -93,7 +93,6 @@ class Slots:
     place gets it lowest ``rank`` first, then in the order it came (an ``asyncio.Semaphore`` that ranks)."""
 
     def __init__(self, count: int):
-        self.count = count
         self._free = count
         self._waiting: list[tuple[tuple, int, asyncio.Future]] = []  # a heap
 
